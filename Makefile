@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both create the environment.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= ./data
+GRPC_ADDR ?= 127.0.0.1:50051
+
+.PHONY: run test venv protos check-protos lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Start the service on the embedded default (SQLite + local files under $(DATA_DIR)).
+run: $(STAMP)
+	$(BIN)/iotda-export serve --data-dir $(DATA_DIR) --grpc-addr $(GRPC_ADDR)
+
+## Everything CI checks: stubs fresh, protos lint-clean, every test.
+test: $(STAMP) check-protos lint
+	$(BIN)/python -m pytest
+
+## Regenerate the Python stubs from protos/ (commit the result).
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+check-protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py --check
+
+lint: $(STAMP)
+	$(BIN)/buf lint
+
+clean:
+	rm -rf $(VENV) build *.egg-info client/*.egg-info server/*.egg-info

@@ -1,0 +1,200 @@
+"""Wiring: data directory, store, workers, progress hub and the gRPC server, started and stopped
+as one service. Also the administration used by the CLI (principals, demo data)."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import pathlib
+import secrets
+from dataclasses import dataclass, field
+
+from .domain import auth
+from .domain.batches import BatchService, seed_batch_task
+from .domain.exports import ExportJobs, ExportService
+from .domain.progress import ProgressHub
+from .runner.supervisor import Supervisor
+from .runner.worker import WorkerConfig
+from .store.files import ResultFiles
+from .store.sqlite import open_store
+
+log = logging.getLogger("iotda_export.server")
+
+CREDENTIALS_FILE = "credentials.json"
+LOCK_FILE = "server.lock"
+BOOTSTRAP_USER = "admin"
+
+
+@dataclass
+class ServerConfig:
+    data_dir: str
+    grpc_addr: str = "127.0.0.1:50051"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    lease_seconds: float = 30.0
+    watch_poll_seconds: float = 0.2
+    grace_seconds: float = 5.0
+
+
+def prepare_data_dir(data_dir: str | os.PathLike) -> pathlib.Path:
+    path = pathlib.Path(data_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def write_private_json(path: pathlib.Path, document: dict) -> None:
+    """Writes a secret-bearing file with mode 0600 from its creation on."""
+    tmp = path.with_name(path.name + f".{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(document, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def add_principal(store, user: str, project_id: str, actions: list[str] | None = None,
+                  enterprise_project_id: str = auth.DEFAULT_ENTERPRISE_PROJECT,
+                  allowed_enterprise_projects: list[str] | None = None) -> dict:
+    """Creates a principal; returns its credentials document (the only time the token is shown)."""
+    statements = auth.statements_for(list(actions or auth.ALL_ACTIONS), allowed_enterprise_projects)
+    principal, token = auth.new_principal(user, project_id, statements, enterprise_project_id)
+    with store.transaction() as tx:
+        if tx.principal_by("user", user) is not None:
+            raise ValueError(f"principal {user!r} already exists")
+        tx.insert_principal(principal, auth.token_hash(token))
+    return auth.credentials_document(principal, token)
+
+
+def bootstrap(store, data_dir: pathlib.Path) -> dict | None:
+    """First start on an empty database: an administrator with every action, in a new project,
+    its credentials written to <data_dir>/credentials.json (0600)."""
+    with store.transaction() as tx:
+        if tx.count_principals() > 0:
+            return None
+        statements = auth.statements_for(["iotda:*:*"])
+        principal, token = auth.new_principal(BOOTSTRAP_USER, secrets.token_hex(16), statements)
+        tx.insert_principal(principal, auth.token_hash(token))
+    document = auth.credentials_document(principal, token)
+    write_private_json(data_dir / CREDENTIALS_FILE, document)
+    return document
+
+
+class DataDirLock:
+    """One embedded server per data directory (its SQLite file and workers are its own)."""
+
+    def __init__(self, data_dir: pathlib.Path):
+        self.path = data_dir / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(f"another iotda-export server is using {self.path.parent}") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class ExportServer:
+    """The whole service of one process: `await start()`, then `await stop()`."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.data_dir = prepare_data_dir(config.data_dir)
+        self.lock = DataDirLock(self.data_dir)
+        self.port: int | None = None
+        self.bootstrap_credentials: dict | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.server = None
+        self.health = None
+        self.supervisor: Supervisor | None = None
+
+    async def start(self) -> int:
+        from grpc_health.v1 import health_pb2
+
+        from .transport.grpc_server import SERVICE_NAMES, create_server
+        from .transport.servicers import BatchTaskServicer, ExportTaskServicer
+
+        self.lock.acquire()
+        self.store = store = open_store(self.data_dir)
+        self.files = files = ResultFiles(self.data_dir / "files")
+        self.bootstrap_credentials = bootstrap(store, self.data_dir)
+        jobs = ExportJobs(store, files, lease_seconds=self.config.lease_seconds)
+        # This process owns the data directory: whatever was running belonged to a previous life.
+        recovered = jobs.recover(only_expired=False)
+        if recovered:
+            log.warning("recovered %d interrupted exports: %s", len(recovered), ", ".join(recovered))
+        files.sweep(store.reader().all_export_file_ids())
+
+        self.hub = hub = ProgressHub(self._load_tasks, poll_interval=self.config.watch_poll_seconds)
+        worker_config = WorkerConfig(data_dir=str(self.data_dir), lease_seconds=self.config.lease_seconds)
+        # Workers are spawned before any gRPC object exists in this process.
+        self.supervisor = Supervisor(worker_config, self.config.workers, jobs, on_change=hub.poke)
+        if self.config.workers > 0:
+            self.supervisor.start()
+
+        def on_change(export_task_id: str) -> None:
+            hub.poke(export_task_id)
+            self.supervisor.notify()
+
+        exports = ExportService(store, files, on_change=on_change)
+        authenticator = auth.Authenticator(store)
+        self.server, self.port, self.health = create_server(
+            self.config.grpc_addr, ExportTaskServicer(store, authenticator, exports, hub),
+            BatchTaskServicer(store, authenticator, BatchService(store)))
+        await self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks = [asyncio.create_task(hub.run(), name="progress-hub")]
+        if self.config.workers > 0:
+            self._tasks.append(asyncio.create_task(self.supervisor.run(), name="supervisor"))
+        return self.port
+
+    async def _load_tasks(self, ids: list[str]):
+        return await asyncio.to_thread(lambda: self.store.reader().export_tasks_by_ids(ids))
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.config.grace_seconds if grace is None else grace
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        if hasattr(self, "hub"):
+            self.hub.close()
+        if self.server is not None:
+            await self.server.stop(grace)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.supervisor is not None:
+            await asyncio.to_thread(self.supervisor.stop)
+        self.lock.release()
+
+
+def seed(data_dir: str | os.PathLike, subtasks: int, project_id: str | None = None, instance_id: str = "",
+         app_id: str | None = None) -> str:
+    """Loads a demo batch task (works while a server runs on the same data directory)."""
+    from .domain import rules
+    path = prepare_data_dir(data_dir)
+    store = open_store(path)
+    if project_id is None:
+        creds = path / CREDENTIALS_FILE
+        if creds.exists():
+            project_id = json.loads(creds.read_text())["project_id"]
+        else:
+            principals = store.reader().list_principals()
+            if not principals:
+                raise ValueError("no project: pass --project, or start the server once to create one")
+            project_id = principals[0].project_id
+    return seed_batch_task(store, project_id, instance_id, subtasks, app_id or rules.DEFAULT_APP_ID)

@@ -1,0 +1,116 @@
+"""Principals, credentials and IAM-style authorization.
+
+A principal is a user of one project, with a bearer token (gRPC), an AK/SK pair (the official SDK's
+signatures, through the HTTP gateway) and policy statements: Allow/Deny of actions such as
+`iotda:exporttasks:create`, optionally conditioned on `g:EnterpriseProjectId`. Every operation names
+its action in ACTIONS; nothing is allowed that no statement allows, and a Deny wins.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+import secrets
+import string
+import time
+
+from .errors import PermissionDenied, Unauthenticated, invalid
+from .model import Caller, Principal, Statement
+
+# Operation -> IAM action. The platform's where it has one; ours under the same service prefix.
+ACTIONS = {
+    "CreateExportTask": "iotda:exporttasks:create",
+    "ListExportTasks": "iotda:exporttasks:queryList",
+    "ShowExportTask": "iotda:exporttasks:query",
+    "GetExportTask": "iotda:exporttasks:query",
+    "WatchProgress": "iotda:exporttasks:query",
+    "DeleteExportTask": "iotda:exporttasks:delete",
+    "CancelExportTask": "iotda:exporttasks:cancel",
+    "CreateBatchTask": "iotda:batchtasks:create",
+    "ShowBatchTask": "iotda:batchtasks:query",
+    "ListBatchTasks": "iotda:batchtasks:queryList",
+    "DeleteBatchTask": "iotda:batchtasks:delete",
+    "RecordSubtaskResults": "iotda:batchtasks:recordResults",
+}
+ALL_ACTIONS = ("iotda:exporttasks:*", "iotda:batchtasks:*")
+DEFAULT_ENTERPRISE_PROJECT = "0"  # the platform's default enterprise project
+USER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+ACTION = re.compile(r"^(\*|iotda:[A-Za-z*]+:[A-Za-z*]+)$")
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def action_allowed(principal: Principal, action: str, enterprise_project_id: str) -> bool:
+    action = action.lower()
+
+    def matches(s: Statement) -> bool:
+        if not any(fnmatch.fnmatchcase(action, a.lower()) for a in s.actions):
+            return False
+        return s.enterprise_projects is None or enterprise_project_id in s.enterprise_projects
+
+    relevant = [s for s in principal.statements if matches(s)]
+    if any(s.effect == "Deny" for s in relevant):
+        return False
+    return any(s.effect == "Allow" for s in relevant)
+
+
+def authorize(caller: Caller, operation: str) -> None:
+    """Raises PermissionDenied unless the caller may run `operation` in the request's project."""
+    action = ACTIONS[operation]
+    p = caller.principal
+    if caller.project_id != p.project_id:
+        raise PermissionDenied(action, f"The credentials are not valid for project {caller.project_id!r}.")
+    if not action_allowed(p, action, p.enterprise_project_id):
+        raise PermissionDenied(action)
+
+
+def statements_for(actions: list[str], enterprise_projects: list[str] | None = None) -> list[Statement]:
+    for a in actions:
+        if not ACTION.match(a):
+            raise invalid("actions", f"{a!r} is not an action like iotda:exporttasks:create")
+    return [Statement("Allow", tuple(actions), None if enterprise_projects is None else tuple(enterprise_projects))]
+
+
+def _random(alphabet: str, n: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def new_principal(user: str, project_id: str, statements: list[Statement],
+                  enterprise_project_id: str = DEFAULT_ENTERPRISE_PROJECT) -> tuple[Principal, str]:
+    """A principal with fresh credentials; returns it and its bearer token (stored only hashed)."""
+    if not USER.match(user):
+        raise invalid("user", "must be 1-64 of [A-Za-z0-9_.@-]")
+    from .validation import project_id as check_project
+    check_project(project_id)
+    token = secrets.token_urlsafe(32)
+    principal = Principal(
+        user=user, project_id=project_id, enterprise_project_id=enterprise_project_id,
+        ak=_random(string.ascii_uppercase + string.digits, 20),
+        sk=_random(string.ascii_letters + string.digits, 40),
+        statements=statements, created_at=int(time.time() * 1000))
+    return principal, token
+
+
+def credentials_document(principal: Principal, token: str) -> dict:
+    """What `principal add --json` prints and credentials.json holds."""
+    return {"user": principal.user, "project_id": principal.project_id, "token": token,
+            "ak": principal.ak, "sk": principal.sk,
+            "enterprise_project_id": principal.enterprise_project_id}
+
+
+class Authenticator:
+    """Bearer token -> principal, through the store."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def by_token(self, token: str) -> Principal:
+        if not token:
+            raise Unauthenticated()
+        principal = self.store.reader().principal_by("token_sha256", token_hash(token))
+        if principal is None:
+            raise Unauthenticated("Request unauthorized: the token is not valid.")
+        return principal

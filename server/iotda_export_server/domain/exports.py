@@ -1,0 +1,363 @@
+"""Export-task rules: create (quotas, eviction, overwrite, idempotency), list, get, cancel, delete,
+download admission, and the job lifecycle the workers drive.
+
+Every per-user decision runs inside one store transaction locked for that user (SQLite: BEGIN
+IMMEDIATE; PostgreSQL: an advisory transaction lock), so the counts cannot race.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+
+from . import ids, rules, validation
+from .errors import (Codes, ExportTaskNotFound, FailedPrecondition, BatchTaskNotFound, OutOfRange,
+                     QuotaExceeded, RateLimited, invalid)
+from .model import Caller, ExportTask, Page
+
+
+@dataclass(frozen=True)
+class CreateExportRequest:
+    resource_type: str
+    task_id: str  # resource_condition.task_id
+    has_resource_condition: bool
+    export_format: str
+    app_type: str
+    app_id: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ListExportFilter:
+    resource_type: str
+    resource_condition: str  # JSON text
+    app_type: str
+    app_id: str
+
+
+@dataclass(frozen=True)
+class Download:
+    """An admitted download: the file to stream from `offset`, at most `length` bytes."""
+
+    task: ExportTask
+    path: str
+    offset: int
+    length: int
+    file_name: str
+
+
+def file_name(export_task_id: str) -> str:
+    return f"export-{export_task_id}.zip"
+
+
+def inner_file_name(export_task_id: str) -> str:
+    return f"export-{export_task_id}.xls"
+
+
+class ExportService:
+    """Export-task operations for callers. `files` is the store's ResultFiles."""
+
+    def __init__(self, store, files, clock=ids.now_ms, on_change=None):
+        self.store = store
+        self.files = files
+        self.clock = clock
+        # Called with an export_task_id after a change this process made (wakes watchers and workers).
+        self.on_change = on_change or (lambda _id: None)
+
+    # -- create ----------------------------------------------------------------------------------
+
+    def validate_create(self, r: CreateExportRequest) -> tuple[str, str | None]:
+        """Returns (app_type, app_id) after checking every field; app_id resolved for APP."""
+        app_type = r.app_type or rules.APP_TYPE_GLOBAL
+        validation.collect(
+            lambda: validation.require(r.resource_type, "resource_type") == rules.RESOURCE_TYPE_BATCH_TASK
+            or _raise(invalid("resource_type", f"must be {rules.RESOURCE_TYPE_BATCH_TASK}")),
+            lambda: validation.batch_task_id(r.task_id, "resource_condition.task_id") if r.has_resource_condition
+            else _raise(invalid("resource_condition", "is mandatory")),
+            lambda: r.export_format in ("", rules.EXPORT_FORMAT_XLS)
+            or _raise(invalid("export_format", "must be xls")),
+            lambda: app_type in (rules.APP_TYPE_GLOBAL, rules.APP_TYPE_APP)
+            or _raise(invalid("app_type", "must be GLOBAL or APP")),
+            lambda: not r.app_id or validation.app_id(r.app_id),
+            lambda: not (r.app_id and app_type == rules.APP_TYPE_GLOBAL)
+            or _raise(invalid("app_id", "is only allowed with app_type APP")),
+            lambda: not r.request_id or validation.match(validation.REQUEST_ID, r.request_id, "request_id",
+                                                         "must be 1-64 of [A-Za-z0-9_-]"),
+        )
+        app_id = (r.app_id or rules.DEFAULT_APP_ID) if app_type == rules.APP_TYPE_APP else None
+        return app_type, app_id
+
+    def create(self, caller: Caller, r: CreateExportRequest) -> ExportTask:
+        app_type, app_id = self.validate_create(r)
+        export_format = rules.EXPORT_FORMAT_XLS
+        conditions_key = json.dumps([caller.project_id, caller.instance_id, r.resource_type, r.task_id,
+                                     export_format, app_type, app_id], separators=(",", ":"))
+        owner = caller.owner
+        evicted: list[str] = []
+        with self.store.transaction(lock_key=owner) as tx:
+            if r.request_id:
+                known = tx.request_task_id(owner, r.request_id)
+                if known is not None and (task := tx.export_task(known)) is not None:
+                    return task  # a retried create: the first call's result, nothing run again
+            batch = tx.batch_task(caller.project_id, caller.instance_id, r.task_id)
+            if batch is None or (app_id is not None and batch.app_id != app_id):
+                raise BatchTaskNotFound(r.task_id)
+            now = self.clock()
+            existing = tx.export_task_same_conditions(owner, conditions_key)
+            if existing is not None and existing.unfinished:
+                task = existing  # same conditions, already running: not started twice
+            else:
+                if tx.count_export_tasks(owner, unfinished_only=True) >= rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER:
+                    raise QuotaExceeded(
+                        f"The user already has {rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER} unfinished export"
+                        " tasks; wait until one finishes.", quota_id="unfinished-export-tasks-per-user",
+                        subject=f"user:{owner}", limit=rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER,
+                        error_code=Codes.EXPORT_UNFINISHED_LIMIT)
+                if existing is not None:  # same conditions: re-run, the file is replaced on success
+                    tx.update_export_task(
+                        existing.export_task_id, status=rules.STATUS_PROCESSING, status_desc=None,
+                        progress=rules.PROGRESS_QUEUED, export_count=0, create_time=now, end_time=None,
+                        run_state="queued", run_token=None, attempts=0, worker_id=None, lease_until=None,
+                        queued_at=now)
+                    task = tx.export_task(existing.export_task_id)
+                else:
+                    while tx.count_export_tasks(owner) >= rules.MAX_EXPORT_TASKS_PER_USER:
+                        oldest = tx.earliest_finished_export_task(owner)
+                        if oldest is None:  # cannot happen while MAX_UNFINISHED < MAX_TASKS
+                            break
+                        tx.delete_export_task(oldest.export_task_id)
+                        evicted.append(oldest.export_task_id)
+                    task = ExportTask(
+                        export_task_id=ids.new_id(), owner=owner, project_id=caller.project_id,
+                        instance_id=caller.instance_id, resource_type=r.resource_type, batch_task_id=r.task_id,
+                        export_format=export_format, app_type=app_type, app_id=app_id,
+                        conditions_key=conditions_key, status=rules.STATUS_PROCESSING, status_desc=None,
+                        progress=rules.PROGRESS_QUEUED, export_count=0, create_time=now, end_time=None,
+                        version=1, run_state="queued", run_token=None, attempts=0, worker_id=None,
+                        lease_until=None, queued_at=now, file_generation=0, file_size=None, file_sha256=None)
+                    tx.insert_export_task(task)
+            if r.request_id:
+                tx.insert_request(owner, r.request_id, task.export_task_id, now)
+        for export_task_id in evicted:  # after commit: a crash here leaves files the start-up sweep removes
+            self.files.remove(export_task_id)
+            self.on_change(export_task_id)
+        self.on_change(task.export_task_id)
+        return task
+
+    # -- read ------------------------------------------------------------------------------------
+
+    def get(self, caller: Caller, export_task_id: str) -> ExportTask:
+        validation.export_task_id(export_task_id)
+        task = self.store.reader().export_task(export_task_id)
+        if task is None or not _visible(task, caller):
+            raise ExportTaskNotFound(export_task_id)
+        return task
+
+    def list(self, caller: Caller, f: ListExportFilter, limit: int | None, offset: int | None,
+             marker: str) -> tuple[list[ExportTask], Page]:
+        limit, offset, marker = validation.paging(limit, offset, marker)
+        filters = {}
+        checks = []
+        if f.resource_type:
+            checks.append(lambda: f.resource_type == rules.RESOURCE_TYPE_BATCH_TASK
+                          or _raise(invalid("resource_type", f"must be {rules.RESOURCE_TYPE_BATCH_TASK}")))
+            filters["resource_type"] = f.resource_type
+        if f.resource_condition:
+            def check_condition():
+                try:
+                    cond = json.loads(f.resource_condition)
+                except ValueError:
+                    cond = None
+                if not isinstance(cond, dict) or set(cond) - {"task_id"} or not isinstance(cond.get("task_id", ""), str):
+                    raise invalid("resource_condition", 'must be JSON text like {"task_id":"<batch task id>"}')
+                if "task_id" in cond:
+                    filters["batch_task_id"] = validation.batch_task_id(cond["task_id"], "resource_condition.task_id")
+            checks.append(check_condition)
+        if f.app_type:
+            checks.append(lambda: f.app_type in (rules.APP_TYPE_GLOBAL, rules.APP_TYPE_APP)
+                          or _raise(invalid("app_type", "must be GLOBAL or APP")))
+            filters["app_type"] = f.app_type
+        if f.app_id:
+            checks.append(lambda: validation.app_id(f.app_id))
+            filters["app_id"] = f.app_id
+        validation.collect(*checks)
+        tasks, count = self.store.reader().list_export_tasks(caller.owner, caller.instance_id, filters, marker,
+                                                             offset, limit)
+        tasks = [t for t in tasks if t.project_id == caller.project_id]
+        return tasks, Page(count=count, marker=tasks[-1].export_task_id if tasks else "")
+
+    # -- cancel / delete -------------------------------------------------------------------------
+
+    def cancel(self, caller: Caller, export_task_id: str) -> ExportTask:
+        validation.export_task_id(export_task_id)
+        with self.store.transaction(lock_key=caller.owner) as tx:
+            task = tx.export_task(export_task_id)
+            if task is None or not _visible(task, caller):
+                raise ExportTaskNotFound(export_task_id)
+            if task.unfinished:
+                tx.update_export_task(export_task_id, status=rules.STATUS_FAILED, status_desc="cancelled",
+                                      end_time=self.clock(), run_state="done", run_token=None,
+                                      worker_id=None, lease_until=None)
+                task = tx.export_task(export_task_id)
+        self.on_change(export_task_id)
+        return task
+
+    def delete(self, caller: Caller, export_task_id: str) -> None:
+        validation.export_task_id(export_task_id)
+        with self.store.transaction(lock_key=caller.owner) as tx:
+            task = tx.export_task(export_task_id)
+            if task is None or not _visible(task, caller):
+                raise ExportTaskNotFound(export_task_id)
+            tx.delete_export_task(export_task_id)
+        # After commit: a worker finishing this task now finds its row gone and drops its file.
+        self.files.remove(export_task_id)
+        self.on_change(export_task_id)
+
+    # -- download --------------------------------------------------------------------------------
+
+    def admit_download(self, caller: Caller, export_task_id: str, offset: int, limit: int) -> Download:
+        """Checks the task, its file and the user's download rate; counts the download."""
+        validation.export_task_id(export_task_id)
+        if offset < 0:
+            raise OutOfRange("offset", "must not be negative")
+        if limit < 0:
+            raise OutOfRange("limit", "must not be negative")
+        owner = caller.owner
+        with self.store.transaction(lock_key=owner) as tx:
+            task = tx.export_task(export_task_id)
+            if task is None or not _visible(task, caller):
+                raise ExportTaskNotFound(export_task_id)
+            if not task.file_available:
+                raise FailedPrecondition(
+                    f"The export task {export_task_id} has no file yet (status {task.status}); download it"
+                    " after it reaches Success.", subject=f"export-task:{export_task_id}",
+                    violation_type="NOT_SUCCEEDED", error_code=Codes.EXPORT_FILE_NOT_READY)
+            if offset > task.file_size:
+                raise OutOfRange("offset", f"is past the end of the file ({task.file_size} bytes)")
+            now = self.clock()
+            last = tx.download_limit(owner)
+            resuming = (offset > 0 and last is not None and last[1] == export_task_id
+                        and last[2] == task.file_generation)
+            interval_ms = int(rules.DOWNLOAD_INTERVAL_SECONDS * 1000)
+            if last is not None and not resuming and now - last[0] < interval_ms:
+                wait = (last[0] + interval_ms - now) / 1000
+                raise RateLimited(
+                    f"Downloads are limited to one every {rules.DOWNLOAD_INTERVAL_SECONDS:.0f} seconds per user;"
+                    f" retry in {wait:.1f} s.", quota_id="downloads-per-user-per-30s", subject=f"user:{owner}",
+                    retry_after=wait, error_code=Codes.DOWNLOAD_RATE_LIMIT)
+            if not resuming:
+                tx.set_download_limit(owner, now, export_task_id, task.file_generation)
+        length = task.file_size - offset
+        if limit:
+            length = min(length, limit)
+        return Download(task=task, path=str(self.files.path(export_task_id)), offset=offset, length=length,
+                        file_name=file_name(export_task_id))
+
+
+def _visible(task: ExportTask, caller: Caller) -> bool:
+    return (task.owner == caller.owner and task.project_id == caller.project_id
+            and task.instance_id == caller.instance_id)
+
+
+def _raise(e: Exception):
+    raise e
+
+
+# -- the job lifecycle (driven by workers and the supervisor) ------------------------------------
+
+@dataclass(frozen=True)
+class Claim:
+    task: ExportTask
+    run_token: str
+
+
+class ExportJobs:
+    """Claiming, progress, completion and recovery of export runs."""
+
+    def __init__(self, store, files, clock=ids.now_ms, lease_seconds: float = 30.0):
+        self.store = store
+        self.files = files
+        self.clock = clock
+        self.lease_ms = int(lease_seconds * 1000)
+
+    def claim(self, worker_id: str) -> Claim | None:
+        if not self.store.reader().has_queued_export():
+            return None
+        token = secrets.token_hex(8)
+        now = self.clock()
+        with self.store.transaction() as tx:
+            task = tx.claim_export(worker_id, token, now, now + self.lease_ms)
+        return None if task is None else Claim(task, token)
+
+    def heartbeat(self, claim: Claim) -> bool:
+        """Extends the lease; False when the run is no longer current (cancelled, deleted, re-run)."""
+        with self.store.transaction() as tx:
+            return tx.renew_lease(claim.task.export_task_id, claim.run_token, self.clock() + self.lease_ms)
+
+    def progress(self, claim: Claim, rows_done: int, rows_total: int) -> bool:
+        """Records progress (1-99); False when the run is no longer current."""
+        share = rows_done / rows_total if rows_total else 1.0
+        progress = max(rules.PROGRESS_QUEUED, min(rules.PROGRESS_MAX_RUNNING, 1 + int(share * 98)))
+        with self.store.transaction() as tx:
+            return tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
+                                         progress=progress, export_count=rows_done,
+                                         lease_until=self.clock() + self.lease_ms)
+
+    def succeed(self, claim: Claim, temp_path, rows: int, size: int, sha256: str) -> bool:
+        """Publishes the file and marks Success in one locked step; False (file dropped) when the run
+        is no longer current. The rename happens under the lock so a concurrent delete either comes
+        first (the row is gone) or removes the published file."""
+        task_id = claim.task.export_task_id
+        with self.store.transaction(lock_key=claim.task.owner) as tx:
+            current = tx.export_task(task_id)
+            if current is None or current.run_token != claim.run_token or current.run_state != "running":
+                _unlink(temp_path)
+                return False
+            self.files.publish(temp_path, task_id)
+            tx.update_export_task(task_id, status=rules.STATUS_SUCCESS, status_desc=None,
+                                  progress=rules.PROGRESS_DONE, export_count=rows, end_time=self.clock(),
+                                  run_state="done", run_token=None, worker_id=None, lease_until=None,
+                                  file_generation=current.file_generation + 1, file_size=size, file_sha256=sha256)
+        return True
+
+    def release(self, claim: Claim) -> bool:
+        """Gives a run back to the queue (the worker is stopping); the attempt does not count."""
+        with self.store.transaction() as tx:
+            return tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
+                                         run_state="queued", run_token=None, worker_id=None, lease_until=None,
+                                         attempts=max(claim.task.attempts - 1, 0), queued_at=self.clock())
+
+    def fail(self, claim: Claim, reason: str) -> bool:
+        with self.store.transaction(lock_key=claim.task.owner) as tx:
+            return tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
+                                         status=rules.STATUS_FAILED, status_desc=reason, end_time=self.clock(),
+                                         run_state="done", run_token=None, worker_id=None, lease_until=None)
+
+    def recover(self, only_expired: bool = True) -> list[str]:
+        """Runs whose worker died: queue them again, or mark Failed after MAX_EXPORT_ATTEMPTS.
+
+        With only_expired=False (start-up of the embedded server, which owns its data directory)
+        every running export is orphaned and recovered at once."""
+        changed = []
+        with self.store.transaction() as tx:
+            now = self.clock()
+            for task in tx.running_exports(lease_expired_before=now if only_expired else None):
+                if task.attempts >= rules.MAX_EXPORT_ATTEMPTS:
+                    tx.update_export_task(
+                        task.export_task_id, status=rules.STATUS_FAILED, end_time=now, run_state="done",
+                        status_desc=f"the export was interrupted {task.attempts} times (worker lost); giving up",
+                        run_token=None, worker_id=None, lease_until=None)
+                else:
+                    tx.update_export_task(task.export_task_id, run_state="queued", run_token=None, worker_id=None,
+                                          lease_until=None, queued_at=now)
+                changed.append(task.export_task_id)
+        return changed
+
+
+def _unlink(path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

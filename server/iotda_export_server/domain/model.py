@@ -1,0 +1,182 @@
+"""Plain records the domain works with; the store reads and writes them, the transport renders them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import rules
+
+
+@dataclass
+class ExportTask:
+    export_task_id: str
+    owner: str
+    project_id: str
+    instance_id: str
+    resource_type: str
+    batch_task_id: str
+    export_format: str
+    app_type: str
+    app_id: str | None
+    conditions_key: str
+    status: str
+    status_desc: str | None
+    progress: int
+    export_count: int
+    create_time: int
+    end_time: int | None
+    version: int
+    run_state: str
+    run_token: str | None
+    attempts: int
+    worker_id: str | None
+    lease_until: int | None
+    queued_at: int | None
+    file_generation: int
+    file_size: int | None
+    file_sha256: str | None
+
+    @property
+    def unfinished(self) -> bool:
+        return self.status == rules.STATUS_PROCESSING
+
+    @property
+    def file_available(self) -> bool:
+        return self.file_generation > 0
+
+
+@dataclass
+class TaskProgress:
+    total: int = 0
+    processing: int = 0
+    success: int = 0
+    fail: int = 0
+    waitting: int = 0
+    fail_wait_retry: int = 0
+    stopped: int = 0
+    removed: int = 0
+
+    # sub-task status -> attribute
+    BY_STATUS = {
+        "Processing": "processing", "Success": "success", "Fail": "fail", "Waitting": "waitting",
+        "FailWaitRetry": "fail_wait_retry", "Stopped": "stopped", "Removed": "removed",
+    }
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, int]) -> "TaskProgress":
+        p = cls(total=sum(counts.values()))
+        for status, n in counts.items():
+            setattr(p, cls.BY_STATUS[status], n)
+        return p
+
+
+@dataclass
+class BatchTask:
+    task_id: str
+    project_id: str
+    instance_id: str
+    app_id: str
+    task_name: str
+    task_type: str
+    task_mode: str
+    need_confirm: bool
+    task_ext_info: dict | None
+    targets: list[str]
+    targets_filter: dict | None
+    document: dict | None
+    task_policy: dict | None
+    document_source: str
+    status: str
+    status_desc: str
+    create_time: int
+    progress: TaskProgress = field(default_factory=TaskProgress)
+
+    @classmethod
+    def from_row(cls, row: Any, progress: TaskProgress | None = None) -> "BatchTask":
+        def js(v):
+            return None if v is None else json.loads(v)
+
+        return cls(
+            task_id=row["task_id"], project_id=row["project_id"], instance_id=row["instance_id"],
+            app_id=row["app_id"], task_name=row["task_name"], task_type=row["task_type"],
+            task_mode=row["task_mode"], need_confirm=bool(row["need_confirm"]),
+            task_ext_info=js(row["task_ext_info"]), targets=json.loads(row["targets"]),
+            targets_filter=js(row["targets_filter"]), document=js(row["document"]),
+            task_policy=js(row["task_policy"]), document_source=row["document_source"],
+            status=row["status"], status_desc=row["status_desc"], create_time=row["create_time"],
+            progress=progress or TaskProgress(),
+        )
+
+
+@dataclass
+class Subtask:
+    id: str
+    target: str
+    status: str
+    output: str
+    error_code: str
+    error_msg: str
+
+
+@dataclass(frozen=True)
+class Page:
+    count: int
+    marker: str
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One IAM-style policy statement: Allow/Deny actions, optionally only in some enterprise projects."""
+
+    effect: str
+    actions: tuple[str, ...]
+    enterprise_projects: tuple[str, ...] | None = None  # condition g:EnterpriseProjectId (StringEquals)
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {"Effect": self.effect, "Action": list(self.actions)}
+        if self.enterprise_projects is not None:
+            d["Condition"] = {"StringEquals": {"g:EnterpriseProjectId": list(self.enterprise_projects)}}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Statement":
+        eps = d.get("Condition", {}).get("StringEquals", {}).get("g:EnterpriseProjectId")
+        return cls(effect=d["Effect"], actions=tuple(d["Action"]),
+                   enterprise_projects=None if eps is None else tuple(eps))
+
+
+@dataclass
+class Principal:
+    user: str
+    project_id: str
+    enterprise_project_id: str
+    ak: str
+    sk: str = field(repr=False)
+    statements: list[Statement] = field(default_factory=list)
+    created_at: int = 0
+
+    def policy_json(self) -> str:
+        return json.dumps({"Version": "1.1", "Statement": [s.to_json() for s in self.statements]})
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Principal":
+        policy = json.loads(row["policy"])
+        return cls(user=row["user"], project_id=row["project_id"],
+                   enterprise_project_id=row["enterprise_project_id"], ak=row["ak"], sk=row["sk"],
+                   statements=[Statement.from_json(s) for s in policy.get("Statement", [])],
+                   created_at=row["created_at"])
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling and where: the authenticated principal plus the request's scope."""
+
+    principal: Principal
+    project_id: str
+    instance_id: str
+
+    @property
+    def owner(self) -> str:
+        return self.principal.user

@@ -1,0 +1,86 @@
+"""Field rules of the platform's pages. Each check names the field it refuses."""
+
+from __future__ import annotations
+
+import re
+
+from . import rules
+from .errors import FieldViolation, InvalidArgument, LimitOutOfRange, invalid
+
+APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+PROJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+BATCH_TASK_ID = re.compile(r"^[0-9a-f]{1,24}$")
+RECORD_ID = re.compile(r"^[0-9a-f]{24}$")
+# Export-task IDs in paths: the delete page allows up to 36 of [A-Za-z0-9_-]; ours are 24 hex.
+EXPORT_TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+FILE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+TASK_NAME = re.compile(r"^[A-Za-z0-9_\u4e00-\u9fff]{1,128}$")
+
+
+def require(value: str, field_name: str) -> str:
+    if not value:
+        raise invalid(field_name, "is mandatory")
+    return value
+
+
+def match(pattern: re.Pattern, value: str, field_name: str, description: str) -> str:
+    if not pattern.match(value) or "\n" in value:
+        raise invalid(field_name, description)
+    return value
+
+
+def project_id(value: str) -> str:
+    return match(PROJECT_ID, require(value, "project_id"), "project_id", "must be 1-64 of [A-Za-z0-9_-]")
+
+
+def instance_id(value: str) -> str:
+    """The optional Instance-Id header; empty means the default instance."""
+    if value == "":
+        return ""
+    return match(INSTANCE_ID, value, "Instance-Id", "must be 1-36 of [A-Za-z0-9_-]")
+
+
+def export_task_id(value: str) -> str:
+    return match(EXPORT_TASK_ID, require(value, "export_task_id"), "export_task_id",
+                 "must be 1-36 of [A-Za-z0-9_-]")
+
+
+def batch_task_id(value: str, field_name: str = "task_id") -> str:
+    return match(BATCH_TASK_ID, require(value, field_name), field_name, "must be 1-24 lowercase hex characters")
+
+
+def app_id(value: str, field_name: str = "app_id") -> str:
+    return match(APP_ID, value, field_name, "must be 1-36 of [A-Za-z0-9_-]")
+
+
+def paging(limit: int | None, offset: int | None, marker: str) -> tuple[int, int, str]:
+    """The platform's paging: limit 1-50 (10), offset 0-500 (0), marker 24 hex (f×24)."""
+    if limit is None:
+        limit = rules.LIST_LIMIT_DEFAULT
+    elif not rules.LIST_LIMIT_MIN <= limit <= rules.LIST_LIMIT_MAX:
+        raise LimitOutOfRange(FieldViolation(
+            "limit", f"must be {rules.LIST_LIMIT_MIN}-{rules.LIST_LIMIT_MAX}, got {limit}"))
+    if offset is None:
+        offset = 0
+    elif not 0 <= offset <= rules.LIST_OFFSET_MAX:
+        raise invalid("offset", f"must be 0-{rules.LIST_OFFSET_MAX}, got {offset}")
+    if marker == "":
+        marker = rules.MARKER_DEFAULT
+    elif not RECORD_ID.match(marker):
+        raise invalid("marker", "must be 24 lowercase hex characters")
+    return limit, offset, marker
+
+
+def collect(*checks) -> None:
+    """Run several checks and report every violated field at once."""
+    violations: list[FieldViolation] = []
+    for check in checks:
+        try:
+            check()
+        except InvalidArgument as e:
+            violations.extend(e.violations)
+    if violations:
+        raise InvalidArgument(violations)

@@ -1,0 +1,98 @@
+"""Starts and watches the export worker processes of one server.
+
+Each worker is a fresh interpreter (`python -m iotda_export_server.runner.worker`): it inherits no
+gRPC state (gRPC does not survive fork) and does not re-import the caller's main module, as
+multiprocessing's spawn would. A worker that dies is replaced, and the exports whose lease ran out
+are queued again (or failed after too many attempts) by ExportJobs.recover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+
+from ..domain.exports import ExportJobs
+from .worker import WorkerConfig
+
+log = logging.getLogger("iotda_export.supervisor")
+
+
+class Supervisor:
+    def __init__(self, config: WorkerConfig, count: int, jobs: ExportJobs, on_change=None,
+                 check_seconds: float = 1.0):
+        self.config = config
+        self.count = count
+        self.jobs = jobs
+        self.on_change = on_change or (lambda _id: None)
+        self.check_seconds = check_seconds
+        self.processes: list[subprocess.Popen] = []
+        self.stopping = False
+
+    def _spawn(self) -> subprocess.Popen:
+        worker_id = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
+        # The child starts with SIGUSR1 blocked (the mask survives exec) and unblocks it once its
+        # handler is installed: a wake-up sent while it boots must not kill it.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        try:
+            p = self._popen(worker_id)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        log.info("worker %s started (pid %d)", worker_id, p.pid)
+        return p
+
+    def _popen(self, worker_id: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "iotda_export_server.runner.worker", "--data-dir", self.config.data_dir,
+             "--worker-id", worker_id, "--parent-pid", str(os.getpid()),
+             "--lease-seconds", str(self.config.lease_seconds)],
+            stdin=subprocess.DEVNULL, close_fds=True)
+
+    def start(self) -> None:
+        self.processes = [self._spawn() for _ in range(self.count)]
+
+    def notify(self) -> None:
+        """A new export is queued: wake idle workers now rather than at their next poll."""
+        for p in self.processes:
+            if p.poll() is None:
+                try:
+                    p.send_signal(signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+
+    async def run(self) -> None:
+        """Replace dead workers; requeue exports whose worker stopped renewing its lease."""
+        while True:
+            await asyncio.sleep(self.check_seconds)
+            for i, p in enumerate(self.processes):
+                if p.poll() is not None and not self.stopping:
+                    log.warning("worker pid %d exited with %s; starting another", p.pid, p.returncode)
+                    self.processes[i] = self._spawn()
+            try:
+                changed = await asyncio.to_thread(self.jobs.recover)
+            except Exception:
+                log.warning("lease recovery failed; retrying", exc_info=True)
+                continue
+            for export_task_id in changed:
+                log.warning("export %s lost its worker; queued again or failed", export_task_id)
+                self.on_change(export_task_id)
+            if changed:
+                self.notify()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM: each worker hands its export back to the queue after the current row batch;
+        one that does not exit in time is killed (its lease then expires and it is recovered)."""
+        self.stopping = True
+        for p in self.processes:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.processes:
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)

@@ -1,0 +1,203 @@
+"""Export worker processes: claim a queued export, write its .xls/.zip, publish it.
+
+Workers are spawned (never forked) so they hold no gRPC state, and they import nothing of the
+transport. Each run is identified by a run token; progress and the final publish only take effect
+while that run is still the task's current one, so a cancel, a delete or a re-run simply makes the
+old run's writes no-ops. A lease, renewed by a heartbeat thread, lets the supervisor requeue the
+export of a worker that died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+from ..domain import rules
+from ..domain.exports import Claim, ExportJobs, inner_file_name
+from ..store.files import ResultFiles
+from .xls_writer import XlsZipWriter
+
+log = logging.getLogger("iotda_export.worker")
+
+READ_BATCH_ROWS = 1000
+PROGRESS_EVERY_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    data_dir: str
+    lease_seconds: float = 30.0
+    poll_seconds: float = 0.25
+
+
+class RunCancelled(Exception):
+    """The run is no longer the task's current one (cancelled, deleted, re-queued)."""
+
+
+class ShuttingDown(Exception):
+    """The worker was asked to stop; the export goes back to the queue."""
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the server process dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def open_backend(config: WorkerConfig):
+    from ..store.sqlite import SqliteStore, DB_FILE_NAME
+    import pathlib
+    store = SqliteStore(pathlib.Path(config.data_dir) / DB_FILE_NAME)
+    files = ResultFiles(pathlib.Path(config.data_dir) / "files")
+    return store, files
+
+
+def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
+               shutdown: threading.Event | None = None) -> bool:
+    """Runs one claimed export to Success or Failed (or back to the queue on shutdown). Returns
+    True on Success."""
+    task = claim.task
+    stop = threading.Event()
+    lost = threading.Event()
+
+    def heartbeat():
+        while not stop.wait(jobs.lease_ms / 3000):
+            try:
+                if not jobs.heartbeat(claim):
+                    lost.set()
+                    return
+            except Exception:  # a busy database: the next beat retries well within the lease
+                log.warning("heartbeat failed for %s", task.export_task_id, exc_info=True)
+
+    beat = threading.Thread(target=heartbeat, name="lease-heartbeat", daemon=True)
+    beat.start()
+    temp = files.temp_path(task.export_task_id)
+    try:
+        with store.snapshot() as snap:  # one consistent view of the sub-tasks for the whole export
+            batch = snap.batch_task(task.project_id, task.instance_id, task.batch_task_id)
+            if batch is None:
+                jobs.fail(claim, f"the batch task {task.batch_task_id} no longer exists")
+                return False
+            total = snap.count_subtasks(task.batch_task_id)
+            writer = XlsZipWriter(temp, inner_file_name(task.export_task_id))
+            with writer:
+                after, done, last_report = "", 0, 0.0
+                while True:
+                    rows = snap.subtask_rows(task.batch_task_id, after, READ_BATCH_ROWS)
+                    if not rows:
+                        break
+                    writer.write_rows([r[1:] for r in rows])
+                    done += len(rows)
+                    after = rows[-1][0]
+                    if lost.is_set():
+                        raise RunCancelled()
+                    if shutdown is not None and shutdown.is_set():
+                        raise ShuttingDown()
+                    now = time.monotonic()
+                    if now - last_report >= PROGRESS_EVERY_SECONDS:
+                        last_report = now
+                        if not jobs.progress(claim, done, total):
+                            raise RunCancelled()
+                rows_written = writer.finish()
+        size, sha256 = _digest(temp)
+        if not jobs.succeed(claim, temp, rows_written, size, sha256):
+            log.info("export %s finished but its run was superseded; file dropped", task.export_task_id)
+            return False
+        log.info("export %s succeeded: %d rows, %d bytes", task.export_task_id, rows_written, size)
+        return True
+    except ShuttingDown:
+        log.info("export %s handed back to the queue: the worker is stopping", task.export_task_id)
+        jobs.release(claim)
+        return False
+    except RunCancelled:
+        log.info("export %s stopped: the run was cancelled, deleted or re-queued", task.export_task_id)
+        return False
+    except Exception as exc:
+        log.exception("export %s failed", task.export_task_id)
+        reason = _reason(exc)
+        try:
+            jobs.fail(claim, reason)
+        except Exception:  # the lease will expire and the supervisor retries or fails it
+            log.exception("could not record the failure of %s", task.export_task_id)
+        return False
+    finally:
+        stop.set()
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"writing the file failed: {os.strerror(exc.errno)}"
+    return f"the export failed: {type(exc).__name__}"
+
+
+def _digest(path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def worker_main(config: WorkerConfig, worker_id: str, parent_pid: int) -> None:
+    """Runs exports until SIGTERM/SIGINT (or the server's death). A stop request lets the current
+    row batch finish and gives the export back to the queue, so another start resumes it."""
+    _die_with_parent()
+    stop, wake = threading.Event(), threading.Event()
+
+    def on_stop(_sig, _frame):
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGUSR1, lambda _s, _f: wake.set())  # the server: "an export was queued"
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # blocked by the supervisor until now
+    logging.basicConfig(level=os.environ.get("IOTDA_EXPORT_LOG_LEVEL", "INFO"),
+                        format=f"%(asctime)s %(levelname)s worker[{worker_id}] %(name)s: %(message)s")
+    store, files = open_backend(config)
+    jobs = ExportJobs(store, files, lease_seconds=config.lease_seconds)
+    while not stop.is_set() and os.getppid() == parent_pid:
+        try:
+            claim = jobs.claim(worker_id)
+        except Exception:
+            log.warning("claim failed", exc_info=True)
+            claim = None
+        if claim is None:
+            wake.wait(config.poll_seconds)
+            wake.clear()
+            continue
+        log.info("export %s claimed (attempt %d of %d)", claim.task.export_task_id, claim.task.attempts,
+                 rules.MAX_EXPORT_ATTEMPTS)
+        run_export(store, files, jobs, claim, stop)
+    store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="iotda-export worker process (started by the server)")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--lease-seconds", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    worker_main(WorkerConfig(data_dir=args.data_dir, lease_seconds=args.lease_seconds), args.worker_id,
+                args.parent_pid)
+
+
+if __name__ == "__main__":
+    main()

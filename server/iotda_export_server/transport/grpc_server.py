@@ -1,0 +1,43 @@
+"""The grpc.aio server: our services, server reflection and grpc.health.v1, on one port."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from iotda.export.v1 import batch_task_pb2, batch_task_pb2_grpc, export_task_pb2, export_task_pb2_grpc
+
+from .servicers import BatchTaskServicer, ExportTaskServicer
+
+SERVICE_NAMES = (
+    export_task_pb2.DESCRIPTOR.services_by_name["ExportTaskService"].full_name,
+    batch_task_pb2.DESCRIPTOR.services_by_name["BatchTaskService"].full_name,
+)
+
+# Long watch streams: let clients ping every 10 s without being told "too_many_pings".
+SERVER_OPTIONS = (
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared port
+)
+
+
+def create_server(address: str, exports_servicer: ExportTaskServicer,
+                  batches_servicer: BatchTaskServicer) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Builds the server (inside the running event loop) and binds `address`; port 0 picks one.
+    Returns (server, bound port, health servicer)."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    export_task_pb2_grpc.add_ExportTaskServiceServicer_to_server(exports_servicer, server)
+    batch_task_pb2_grpc.add_BatchTaskServiceServicer_to_server(batches_servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return server, port, health_servicer

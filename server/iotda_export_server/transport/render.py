@@ -1,0 +1,106 @@
+"""Domain records <-> protobuf messages."""
+
+from __future__ import annotations
+
+from google.protobuf import json_format, struct_pb2
+
+from iotda.export.v1 import batch_task_pb2 as bpb
+from iotda.export.v1 import common_pb2 as cpb
+from iotda.export.v1 import export_task_pb2 as epb
+
+from ..domain import ids
+from ..domain.batches import CreateBatchRequest, SubtaskResult
+from ..domain.errors import invalid
+from ..domain.exports import CreateExportRequest, ListExportFilter
+from ..domain.model import BatchTask, ExportTask, Page, Subtask
+
+
+def export_task(t: ExportTask) -> epb.ExportTask:
+    m = epb.ExportTask(
+        export_task_id=t.export_task_id, resource_type=t.resource_type,
+        resource_condition=epb.ResourceCondition(task_id=t.batch_task_id), export_format=t.export_format,
+        status=t.status, export_count=min(t.export_count, 2**31 - 1), progress=t.progress,
+        create_time=ids.format_export_time(t.create_time), app_type=t.app_type, file_available=t.file_available)
+    if t.end_time is not None:
+        m.end_time = ids.format_export_time(t.end_time)
+    if t.app_id is not None:
+        m.app_id = t.app_id
+    if t.status_desc:
+        m.status_desc = t.status_desc
+    return m
+
+
+def page(p: Page) -> cpb.Page:
+    return cpb.Page(count=p.count, marker=p.marker)
+
+
+def create_export_request(r: epb.CreateExportTaskRequest) -> CreateExportRequest:
+    return CreateExportRequest(
+        resource_type=r.resource_type, task_id=r.resource_condition.task_id,
+        has_resource_condition=r.HasField("resource_condition"), export_format=r.export_format,
+        app_type=r.app_type, app_id=r.app_id, request_id=r.request_id)
+
+
+def list_export_filter(r: epb.ListExportTasksRequest) -> ListExportFilter:
+    return ListExportFilter(resource_type=r.resource_type, resource_condition=r.resource_condition,
+                            app_type=r.app_type, app_id=r.app_id)
+
+
+def optional_int(msg, name: str) -> int | None:
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def _struct(d: dict | None) -> struct_pb2.Struct | None:
+    if d is None:
+        return None
+    s = struct_pb2.Struct()
+    s.update(d)
+    return s
+
+
+def _dict(msg, name: str) -> dict | None:
+    return json_format.MessageToDict(getattr(msg, name)) if msg.HasField(name) else None
+
+
+def batch_task(t: BatchTask, with_targets: bool = True) -> bpb.BatchTask:
+    p = t.progress
+    m = bpb.BatchTask(
+        task_id=t.task_id, task_name=t.task_name, task_type=t.task_type, task_mode=t.task_mode,
+        need_confirm=t.need_confirm, targets=t.targets if with_targets else [], status=t.status,
+        status_desc=t.status_desc, create_time=ids.format_batch_time(t.create_time), app_id=t.app_id,
+        document_source=t.document_source,
+        task_progress=bpb.TaskProgress(total=p.total, processing=p.processing, success=p.success, fail=p.fail,
+                                       waitting=p.waitting, fail_wait_retry=p.fail_wait_retry,
+                                       stopped=p.stopped, removed=p.removed))
+    for name in ("task_ext_info", "targets_filter", "document"):
+        s = _struct(getattr(t, name))
+        if s is not None:
+            getattr(m, name).CopyFrom(s)
+    if t.task_policy:
+        m.task_policy.CopyFrom(bpb.TaskPolicy(**t.task_policy))
+    return m
+
+
+def subtask(s: Subtask) -> bpb.TaskDetail:
+    return bpb.TaskDetail(target=s.target, status=s.status, output=s.output,
+                          error=bpb.SubtaskError(error_code=s.error_code, error_msg=s.error_msg))
+
+
+def create_batch_request(r: bpb.CreateBatchTaskRequest) -> CreateBatchRequest:
+    policy = None
+    if r.HasField("task_policy"):
+        policy = {"schedule_time": r.task_policy.schedule_time, "retry_count": r.task_policy.retry_count,
+                  "retry_interval": r.task_policy.retry_interval}
+    try:
+        return CreateBatchRequest(
+            app_id=r.app_id, task_name=r.task_name, task_type=r.task_type, task_mode=r.task_mode,
+            need_confirm=r.need_confirm, task_ext_info=_dict(r, "task_ext_info"), targets=list(r.targets),
+            targets_filter=_dict(r, "targets_filter"), document=_dict(r, "document"), task_policy=policy,
+            document_source=r.document_source)
+    except (ValueError, TypeError) as exc:  # a Struct holding NaN/Infinity cannot be rendered back
+        raise invalid("document", f"is not valid JSON: {exc}") from None
+
+
+def subtask_results(r: bpb.RecordSubtaskResultsRequest) -> list[SubtaskResult]:
+    return [SubtaskResult(target=x.target, status=x.status, output=x.output, error_code=x.error.error_code,
+                          error_msg=x.error.error_msg) for x in r.results]

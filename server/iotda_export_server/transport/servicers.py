@@ -1,0 +1,261 @@
+"""gRPC servicers: authenticate, authorize, call the domain in a thread, render, map errors.
+
+Every handler goes through `_call` (unary) or `_stream` (server streaming), which is the one place
+where credentials are read from metadata, the action is checked, blocking store work leaves the
+event loop, and domain errors become google.rpc.Status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import secrets
+import time
+
+import grpc
+
+from iotda.export.v1 import batch_task_pb2 as bpb
+from iotda.export.v1 import batch_task_pb2_grpc as bpb_grpc
+from iotda.export.v1 import export_task_pb2 as epb
+from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
+
+from ..domain import auth, rules, validation
+from ..domain.batches import BatchService
+from ..domain.errors import ExportTaskNotFound
+from ..domain.exports import ExportService
+from ..domain.model import Caller
+from ..domain.progress import ProgressHub
+from . import errors, render
+
+log = logging.getLogger("iotda_export.rpc")
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+WATCH_HEARTBEAT_SECONDS = 15.0
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            out.setdefault(key.lower(), value)
+    return out
+
+
+def bearer_token(md: dict[str, str]) -> str:
+    value = md.get("authorization", "")
+    if value[:7].lower() == "bearer ":
+        return value[7:].strip()
+    return md.get("x-auth-token", "").strip()
+
+
+class Handlers:
+    """What every servicer shares: authentication and the call wrappers."""
+
+    def __init__(self, store, authenticator: auth.Authenticator):
+        self.store = store
+        self.authenticator = authenticator
+
+    async def _caller(self, context, project_id: str, operation: str) -> Caller:
+        md = _metadata(context)
+        principal = await asyncio.to_thread(self.authenticator.by_token, bearer_token(md))
+        caller = Caller(principal=principal, project_id=validation.project_id(project_id),
+                        instance_id=validation.instance_id(md.get("instance-id", "")))
+        auth.authorize(caller, operation)
+        return caller
+
+    @staticmethod
+    def _begin(context) -> str:
+        request_id = _metadata(context).get("x-request-id", "")[:64] or secrets.token_hex(16)
+        request_id_var.set(request_id)
+        return request_id
+
+    async def _call(self, operation: str, request, context, fn, *, http_code: int | None = None):
+        request_id = self._begin(context)
+        started = time.monotonic()
+        code = "OK"
+        try:
+            caller = await self._caller(context, request.project_id, operation)
+            headers = [("x-request-id", request_id)]
+            if http_code:
+                headers.append(("x-http-code", str(http_code)))  # read by HTTP gateways (201, 204)
+            await context.send_initial_metadata(headers)
+            return await fn(caller)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error leaves as a google.rpc.Status
+            err = errors.from_exception(exc, request_id)
+            code = errors.grpc_code(err).name
+            await errors.abort(context, err)
+        finally:
+            log.info("rpc %s code=%s request_id=%s ms=%.1f", operation, code, request_id,
+                     (time.monotonic() - started) * 1000)
+
+    async def _stream(self, operation: str, request, context, gen_fn):
+        """Server streaming: every check happens before the first message (after it, an HTTP
+        gateway can no longer change the status)."""
+        request_id = self._begin(context)
+        code = "OK"
+        try:
+            caller = await self._caller(context, request.project_id, operation)
+            agen = gen_fn(caller)
+            first = await agen.__anext__()
+            await context.send_initial_metadata([("x-request-id", request_id)])
+            yield first
+            async for item in agen:
+                yield item
+        except StopAsyncIteration:
+            return
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as exc:  # noqa: BLE001
+            err = errors.from_exception(exc, request_id)
+            code = errors.grpc_code(err).name
+            await errors.abort(context, err)
+        finally:
+            log.info("rpc %s code=%s request_id=%s", operation, code, request_id)
+
+
+def run(fn, *args):
+    """Blocking domain work (the store) off the event loop."""
+    return asyncio.to_thread(fn, *args)
+
+
+class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
+    def __init__(self, store, authenticator, exports: ExportService, hub: ProgressHub):
+        super().__init__(store, authenticator)
+        self.exports = exports
+        self.hub = hub
+
+    async def CreateExportTask(self, request, context):
+        async def fn(caller):
+            task = await run(self.exports.create, caller, render.create_export_request(request))
+            return epb.CreateExportTaskResponse(export_task=render.export_task(task))
+        return await self._call("CreateExportTask", request, context, fn, http_code=201)
+
+    async def ListExportTasks(self, request, context):
+        async def fn(caller):
+            tasks, page = await run(self.exports.list, caller, render.list_export_filter(request),
+                                    render.optional_int(request, "limit"), render.optional_int(request, "offset"),
+                                    request.marker)
+            return epb.ListExportTasksResponse(export_tasks=[render.export_task(t) for t in tasks],
+                                               page=render.page(page))
+        return await self._call("ListExportTasks", request, context, fn)
+
+    async def GetExportTask(self, request, context):
+        async def fn(caller):
+            task = await run(self.exports.get, caller, request.export_task_id)
+            return epb.GetExportTaskResponse(export_task=render.export_task(task))
+        return await self._call("GetExportTask", request, context, fn)
+
+    async def DeleteExportTask(self, request, context):
+        async def fn(caller):
+            await run(self.exports.delete, caller, request.export_task_id)
+            return epb.DeleteExportTaskResponse()
+        return await self._call("DeleteExportTask", request, context, fn, http_code=204)
+
+    async def CancelExportTask(self, request, context):
+        async def fn(caller):
+            task = await run(self.exports.cancel, caller, request.export_task_id)
+            return epb.CancelExportTaskResponse(export_task=render.export_task(task))
+        return await self._call("CancelExportTask", request, context, fn)
+
+    async def ShowExportTask(self, request, context):
+        async def chunks(caller):
+            d = await run(self.exports.admit_download, caller, request.export_task_id, request.offset, request.limit)
+            f = await run(open, d.path, "rb")
+            try:
+                await run(f.seek, d.offset)
+                offset, remaining, first = d.offset, d.length, True
+                while first or remaining > 0:
+                    data = await run(f.read, min(rules.DOWNLOAD_CHUNK_BYTES, remaining))
+                    msg = epb.ShowExportTaskResponse(offset=offset)
+                    msg.body.data = data
+                    if first:
+                        msg.body.content_type = "application/zip"
+                        msg.file_name, msg.total_size, msg.sha256 = d.file_name, d.task.file_size, d.task.file_sha256
+                        first = False
+                    if not data and remaining > 0:
+                        raise OSError("the file is shorter than recorded")
+                    offset += len(data)
+                    remaining -= len(data)
+                    yield msg  # awaiting each write applies HTTP/2 flow control
+            finally:
+                f.close()
+        async for msg in self._stream("ShowExportTask", request, context, chunks):
+            yield msg
+
+    async def WatchProgress(self, request, context):
+        async def events(caller):
+            task = await run(self.exports.get, caller, request.export_task_id)
+            watch = self.hub.subscribe(task.export_task_id)
+            try:
+                last = task.version
+                yield epb.WatchProgressResponse(export_task=render.export_task(task), sequence=last)
+                while task.unfinished:
+                    try:
+                        await asyncio.wait_for(watch.changed.wait(), WATCH_HEARTBEAT_SECONDS)
+                    except TimeoutError:
+                        yield epb.WatchProgressResponse(export_task=render.export_task(task), sequence=last,
+                                                        heartbeat=True)
+                        continue
+                    watch.changed.clear()
+                    if self.hub.closing:
+                        raise errors.Unavailable("The server is shutting down; watch again to resume.")
+                    if watch.deleted:
+                        raise ExportTaskNotFound(task.export_task_id)
+                    if watch.latest is not None and watch.latest.version > last:
+                        task, last = watch.latest, watch.latest.version
+                        yield epb.WatchProgressResponse(export_task=render.export_task(task), sequence=last)
+            finally:
+                self.hub.unsubscribe(watch)
+        async for msg in self._stream("WatchProgress", request, context, events):
+            yield msg
+
+
+class BatchTaskServicer(Handlers, bpb_grpc.BatchTaskServiceServicer):
+    def __init__(self, store, authenticator, batches: BatchService):
+        super().__init__(store, authenticator)
+        self.batches = batches
+
+    async def CreateBatchTask(self, request, context):
+        async def fn(caller):
+            task = await run(self.batches.create, caller, render.create_batch_request(request))
+            return bpb.CreateBatchTaskResponse(batchtask=render.batch_task(task))
+        return await self._call("CreateBatchTask", request, context, fn, http_code=201)
+
+    async def ShowBatchTask(self, request, context):
+        async def fn(caller):
+            task, details, page = await run(
+                self.batches.show, caller, request.task_id, request.task_detail_status, request.target,
+                render.optional_int(request, "limit"), render.optional_int(request, "offset"), request.marker)
+            return bpb.ShowBatchTaskResponse(batchtask=render.batch_task(task),
+                                             task_details=[render.subtask(s) for s in details],
+                                             page=render.page(page))
+        return await self._call("ShowBatchTask", request, context, fn)
+
+    async def ListBatchTasks(self, request, context):
+        async def fn(caller):
+            tasks, page = await run(
+                self.batches.list, caller, request.app_id, request.task_type, request.status,
+                render.optional_int(request, "limit"), render.optional_int(request, "offset"), request.marker)
+            return bpb.ListBatchTasksResponse(batchtasks=[render.batch_task(t, with_targets=False) for t in tasks],
+                                              page=render.page(page))
+        return await self._call("ListBatchTasks", request, context, fn)
+
+    async def DeleteBatchTask(self, request, context):
+        async def fn(caller):
+            await run(self.batches.delete, caller, request.task_id)
+            return bpb.DeleteBatchTaskResponse()
+        return await self._call("DeleteBatchTask", request, context, fn, http_code=204)
+
+    async def RecordSubtaskResults(self, request, context):
+        async def fn(caller):
+            task = await run(self.batches.record_results, caller, request.task_id, render.subtask_results(request))
+            return bpb.RecordSubtaskResultsResponse(batchtask=render.batch_task(task, with_targets=False))
+        return await self._call("RecordSubtaskResults", request, context, fn)
+
+
