@@ -32,6 +32,7 @@ BOOTSTRAP_USER = "admin"
 class ServerConfig:
     data_dir: str
     grpc_addr: str = "127.0.0.1:50051"
+    http_addr: str | None = None  # HOST:PORT of the HTTP/JSON gateway; None: no gateway
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     lease_seconds: float = 30.0
     watch_poll_seconds: float = 0.2
@@ -112,6 +113,8 @@ class ExportServer:
         self.data_dir = prepare_data_dir(config.data_dir)
         self.lock = DataDirLock(self.data_dir)
         self.port: int | None = None
+        self.http_port: int | None = None
+        self.gateway = None
         self.bootstrap_credentials: dict | None = None
         self._tasks: list[asyncio.Task] = []
         self.server = None
@@ -121,7 +124,7 @@ class ExportServer:
     async def start(self) -> int:
         from grpc_health.v1 import health_pb2
 
-        from .transport.grpc_server import SERVICE_NAMES, create_server
+        from .transport.grpc_server import MAX_MESSAGE_BYTES, SERVICE_DESCRIPTORS, SERVICE_NAMES, create_server
         from .transport.servicers import BatchTaskServicer, ExportTaskServicer
 
         self.lock.acquire()
@@ -147,13 +150,24 @@ class ExportServer:
             self.supervisor.notify()
 
         exports = ExportService(store, files, on_change=on_change)
-        authenticator = auth.Authenticator(store)
+        # The gateway vouches for callers it authenticated by AK/SK with a key only this process knows.
+        front_end_key = secrets.token_hex(32)
+        authenticator = auth.Authenticator(store, front_end_key)
         self.server, self.port, self.health = create_server(
             self.config.grpc_addr, ExportTaskServicer(store, authenticator, exports, hub),
             BatchTaskServicer(store, authenticator, BatchService(store)))
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.http_addr is not None:
+            from .transport.gateway import Gateway
+            grpc_host = self.config.grpc_addr.rsplit(":", 1)[0]
+            if grpc_host in ("", "0.0.0.0", "[::]", "::"):
+                grpc_host = "127.0.0.1"
+            self.gateway = Gateway(f"{grpc_host}:{self.port}", [
+                d.services_by_name[n] for d, n in SERVICE_DESCRIPTORS], store, front_end_key, MAX_MESSAGE_BYTES)
+            http_host, http_port = self.config.http_addr.rsplit(":", 1)
+            self.http_port = await self.gateway.start(http_host.strip("[]"), int(http_port))
         self._tasks = [asyncio.create_task(hub.run(), name="progress-hub")]
         if self.config.workers > 0:
             self._tasks.append(asyncio.create_task(self.supervisor.run(), name="supervisor"))
@@ -168,6 +182,8 @@ class ExportServer:
             await self.health.enter_graceful_shutdown()
         if hasattr(self, "hub"):
             self.hub.close()
+        if self.gateway is not None:
+            await self.gateway.stop()
         if self.server is not None:
             await self.server.stop(grace)
         for t in self._tasks:

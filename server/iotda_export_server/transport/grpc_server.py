@@ -10,10 +10,10 @@ from iotda.export.v1 import batch_task_pb2, batch_task_pb2_grpc, export_task_pb2
 
 from .servicers import BatchTaskServicer, ExportTaskServicer
 
-SERVICE_NAMES = (
-    export_task_pb2.DESCRIPTOR.services_by_name["ExportTaskService"].full_name,
-    batch_task_pb2.DESCRIPTOR.services_by_name["BatchTaskService"].full_name,
-)
+SERVICE_DESCRIPTORS = ((export_task_pb2.DESCRIPTOR, "ExportTaskService"), (batch_task_pb2.DESCRIPTOR, "BatchTaskService"))
+SERVICE_NAMES = tuple(d.services_by_name[n].full_name for d, n in SERVICE_DESCRIPTORS)
+# A create with 30,000 targets of 128 characters is about 4 MiB of protobuf: leave room.
+MAX_MESSAGE_BYTES = 20 * 1024 * 1024
 
 # Long watch streams: let clients ping every 10 s without being told "too_many_pings".
 SERVER_OPTIONS = (
@@ -22,6 +22,8 @@ SERVER_OPTIONS = (
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared port
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 )
 
 

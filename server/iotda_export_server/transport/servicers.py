@@ -32,6 +32,9 @@ log = logging.getLogger("iotda_export.rpc")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 WATCH_HEARTBEAT_SECONDS = 15.0
+# Metadata with which the HTTP gateway vouches for a caller whose AK/SK signature it verified.
+FRONT_END_USER = "x-iotda-gateway-user"
+FRONT_END_KEY = "x-iotda-gateway-key"
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -58,7 +61,8 @@ class Handlers:
 
     async def _caller(self, context, project_id: str, operation: str) -> Caller:
         md = _metadata(context)
-        principal = await asyncio.to_thread(self.authenticator.by_token, bearer_token(md))
+        principal = await asyncio.to_thread(self.authenticator.authenticate, bearer_token(md),
+                                            md.get(FRONT_END_USER, ""), md.get(FRONT_END_KEY, ""))
         caller = Caller(principal=principal, project_id=validation.project_id(project_id),
                         instance_id=validation.instance_id(md.get("instance-id", "")))
         auth.authorize(caller, operation)
