@@ -34,6 +34,8 @@ class ServerThread:
         self.server = ExportServer(self.config)
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(60)
         self.address = f"127.0.0.1:{self.port}"
+        self.http_port = self.server.http_port
+        self.http_url = f"http://127.0.0.1:{self.http_port}" if self.http_port else None
         self.admin = self.server.bootstrap_credentials
 
     @property
@@ -84,7 +86,7 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    s = ServerThread(tmp_path_factory.mktemp("data"), workers=2)
+    s = ServerThread(tmp_path_factory.mktemp("data"), workers=2, http_addr="127.0.0.1:0")
     yield s
     s.stop()
 
