@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from . import ids, rules, validation
 from .errors import (Codes, ExportTaskNotFound, FailedPrecondition, BatchTaskNotFound, OutOfRange,
@@ -42,7 +43,7 @@ class Download:
     """An admitted download: the file to stream from `offset`, at most `length` bytes."""
 
     task: ExportTask
-    path: str
+    file: BinaryIO  # opened under the same lock that publishes files: it is the file of `task`
     offset: int
     length: int
     file_name: str
@@ -101,7 +102,7 @@ class ExportService:
                 known = tx.request_task_id(owner, r.request_id)
                 if known is not None and (task := tx.export_task(known)) is not None:
                     return task  # a retried create: the first call's result, nothing run again
-            batch = tx.batch_task(caller.project_id, caller.instance_id, r.task_id)
+            batch = tx.batch_task(caller.project_id, caller.instance_id, r.task_id, with_progress=False)
             if batch is None or (app_id is not None and batch.app_id != app_id):
                 raise BatchTaskNotFound(r.task_id)
             now = self.clock()
@@ -183,9 +184,9 @@ class ExportService:
             checks.append(lambda: validation.app_id(f.app_id))
             filters["app_id"] = f.app_id
         validation.collect(*checks)
+        # A principal belongs to one project, so the owner's tasks are all in caller.project_id.
         tasks, count = self.store.reader().list_export_tasks(caller.owner, caller.instance_id, filters, marker,
                                                              offset, limit)
-        tasks = [t for t in tasks if t.project_id == caller.project_id]
         return tasks, Page(count=count, marker=tasks[-1].export_task_id if tasks else "")
 
     # -- cancel / delete -------------------------------------------------------------------------
@@ -247,13 +248,17 @@ class ExportService:
                     f"Downloads are limited to one every {rules.DOWNLOAD_INTERVAL_SECONDS:.0f} seconds per user;"
                     f" retry in {wait:.1f} s.", quota_id="downloads-per-user-per-30s", subject=f"user:{owner}",
                     retry_after=wait, error_code=Codes.DOWNLOAD_RATE_LIMIT)
-            if not resuming:
-                tx.set_download_limit(owner, now, export_task_id, task.file_generation)
+            f = open(self.files.path(export_task_id), "rb")
+            try:
+                if not resuming:
+                    tx.set_download_limit(owner, now, export_task_id, task.file_generation)
+            except BaseException:
+                f.close()
+                raise
         length = task.file_size - offset
         if limit:
             length = min(length, limit)
-        return Download(task=task, path=str(self.files.path(export_task_id)), offset=offset, length=length,
-                        file_name=file_name(export_task_id))
+        return Download(task=task, file=f, offset=offset, length=length, file_name=file_name(export_task_id))
 
 
 def _visible(task: ExportTask, caller: Caller) -> bool:

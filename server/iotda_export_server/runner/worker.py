@@ -84,7 +84,7 @@ def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
     temp = files.temp_path(task.export_task_id)
     try:
         with store.snapshot() as snap:  # one consistent view of the sub-tasks for the whole export
-            batch = snap.batch_task(task.project_id, task.instance_id, task.batch_task_id)
+            batch = snap.batch_task(task.project_id, task.instance_id, task.batch_task_id, with_progress=False)
             if batch is None:
                 jobs.fail(claim, f"the batch task {task.batch_task_id} no longer exists")
                 return False

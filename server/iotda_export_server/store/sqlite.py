@@ -214,10 +214,14 @@ class SqliteTx:
             "INSERT INTO subtasks (id, task_id, target, status, output, error_code, error_msg)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)", [(r[0], task_id, *r[1:]) for r in rows])
 
-    def batch_task(self, project_id: str, instance_id: str, task_id: str) -> BatchTask | None:
+    def batch_task(self, project_id: str, instance_id: str, task_id: str,
+                   with_progress: bool = True) -> BatchTask | None:
+        """with_progress=False skips counting the sub-tasks (a scan of up to millions of rows)."""
         row = self.c.execute("SELECT * FROM batch_tasks WHERE task_id = ? AND project_id = ? AND instance_id = ?",
                              (task_id, project_id, instance_id)).fetchone()
-        return None if row is None else BatchTask.from_row(row, self.subtask_progress(task_id))
+        if row is None:
+            return None
+        return BatchTask.from_row(row, self.subtask_progress(task_id) if with_progress else None)
 
     def subtask_progress(self, task_id: str) -> TaskProgress:
         counts = dict(self.c.execute("SELECT status, count(*) FROM subtasks WHERE task_id = ? GROUP BY status",

@@ -170,7 +170,7 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
     async def ShowExportTask(self, request, context):
         async def chunks(caller):
             d = await run(self.exports.admit_download, caller, request.export_task_id, request.offset, request.limit)
-            f = await run(open, d.path, "rb")
+            f = d.file
             try:
                 await run(f.seek, d.offset)
                 offset, remaining, first = d.offset, d.length, True
