@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -27,6 +28,31 @@ SERVER_OPTIONS = (
 )
 
 
+class MethodAwarePool:
+    """The default descriptor pool, plus lookups of method names: grpcio-reflection asks the pool
+    for the file of `pkg.Service.Method` (grpcurl describe), which the upb backend cannot answer
+    (grpc/grpc#34743)."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool):
+        self._pool = pool
+
+    def __getattr__(self, name):
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, symbol: str):  # noqa: N802 - the pool's API name
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service_name, _, method = symbol.rpartition(".")
+            try:
+                service = self._pool.FindServiceByName(service_name)
+            except KeyError:
+                raise KeyError(symbol) from None
+            if method not in service.methods_by_name:
+                raise KeyError(symbol) from None
+            return service.file
+
+
 def create_server(address: str, exports_servicer: ExportTaskServicer,
                   batches_servicer: BatchTaskServicer) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Builds the server (inside the running event loop) and binds `address`; port 0 picks one.
@@ -38,7 +64,7 @@ def create_server(address: str, exports_servicer: ExportTaskServicer,
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server)
+        server, pool=MethodAwarePool(descriptor_pool.Default()))
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")

@@ -1,0 +1,577 @@
+"""A synchronous Python client of iotda-export (gRPC).
+
+    from iotda_export_client import ExportClient, load_credentials
+
+    creds = load_credentials()                       # flags > environment > ./data/credentials.json
+    with ExportClient(creds.address, creds.token, creds.project_id) as client:
+        task = client.create_export(batch_task_id)
+        for event in client.watch(task.export_task_id):
+            print(event.export_task.status, event.export_task.progress)
+        client.download(task.export_task_id, "export.zip")
+
+Every method returns the protobuf messages of `iotda.export.v1` and raises `ExportApiError` (with
+the platform's `IOTDA.xxxxxx` code, the field violations and the retry delay parsed from the
+google.rpc.Status the server sends) when the server refuses a call, or `ServerUnreachable` (a
+subclass) when there is no server to ask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from iotda.export.v1 import batch_task_pb2 as bpb
+from iotda.export.v1 import batch_task_pb2_grpc as bpb_grpc
+from iotda.export.v1 import export_task_pb2 as epb
+from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
+
+__all__ = [
+    "DEFAULT_ADDRESS", "DEFAULT_CREDENTIALS_FILE", "Credentials", "CredentialsError", "DownloadError",
+    "ExportApiError", "ExportClient", "ResponseStream", "ServerUnreachable", "load_credentials",
+]
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+# Written by the server on its first start with the default data directory (./data).
+DEFAULT_CREDENTIALS_FILE = os.path.join("data", "credentials.json")
+PARTIAL_SUFFIX = ".part"
+
+ENV_ADDRESS = "IOTDA_EXPORT_ADDRESS"
+ENV_TOKEN = "IOTDA_EXPORT_TOKEN"
+ENV_PROJECT = "IOTDA_EXPORT_PROJECT"
+ENV_INSTANCE_ID = "IOTDA_EXPORT_INSTANCE_ID"
+ENV_CREDENTIALS = "IOTDA_EXPORT_CREDENTIALS"
+
+_LIST_FILTERS = ("resource_type", "resource_condition", "task_id", "app_type", "app_id")
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+class ExportApiError(Exception):
+    """A refused call: the gRPC status plus the details of its google.rpc.Status.
+
+    Attributes: `code` (grpc.StatusCode), `message`, `error_code` (the platform's IOTDA.xxxxxx from
+    ErrorInfo.metadata["error_code"], or None), `reason` (ErrorInfo.reason), `domain`, `metadata`
+    (ErrorInfo.metadata), `field_violations` (list of (field, description) from BadRequest),
+    `retry_after` (seconds from RetryInfo, or None), `quota_violations` (list of (subject,
+    description) from QuotaFailure), `precondition_violations` (list of (type, subject,
+    description)), `details` (every unpacked detail message)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, error_code: str | None = None,
+                 reason: str | None = None, domain: str | None = None, metadata: Mapping[str, str] | None = None,
+                 field_violations: list[tuple[str, str]] | None = None, retry_after: float | None = None,
+                 quota_violations: list[tuple[str, str]] | None = None,
+                 precondition_violations: list[tuple[str, str, str]] | None = None,
+                 details: list[Any] | None = None):
+        self.code = code
+        self.message = message
+        self.error_code = error_code
+        self.reason = reason
+        self.domain = domain
+        self.metadata = dict(metadata or {})
+        self.field_violations = list(field_violations or [])
+        self.retry_after = retry_after
+        self.quota_violations = list(quota_violations or [])
+        self.precondition_violations = list(precondition_violations or [])
+        self.details = list(details or [])
+        super().__init__(self.summary())
+
+    @property
+    def code_name(self) -> str:
+        return self.code.name if isinstance(self.code, grpc.StatusCode) else str(self.code)
+
+    def summary(self) -> str:
+        """`<grpc code name> <IOTDA code>: <message>` (the CLI's error line)."""
+        head = self.code_name + (f" {self.error_code}" if self.error_code else "")
+        return f"{head}: {self.message}"
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(code={self.code_name}, error_code={self.error_code!r}, "
+                f"reason={self.reason!r}, message={self.message!r})")
+
+    @classmethod
+    def from_rpc_error(cls, err: grpc.RpcError, address: str = "") -> "ExportApiError":
+        """Reads a failed call (unary or stream) with grpc_status.rpc_status.from_call."""
+        code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+        message = (err.details() if hasattr(err, "details") else None) or str(err)
+        try:
+            status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
+        except ValueError:  # the details disagree with the status line: keep the status line
+            status = None
+        if status is None:
+            if code == grpc.StatusCode.UNAVAILABLE and address:
+                # No google.rpc.Status: the transport's verdict (refused, unresolvable), not the service's.
+                return ServerUnreachable(code, message, address=address)
+            return cls(code, message)
+        fields: dict[str, Any] = {"field_violations": [], "quota_violations": [],
+                                  "precondition_violations": [], "details": []}
+        for any_msg in status.details:
+            for detail_type in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest,
+                                error_details_pb2.RetryInfo, error_details_pb2.QuotaFailure,
+                                error_details_pb2.PreconditionFailure, error_details_pb2.ResourceInfo,
+                                error_details_pb2.Help, error_details_pb2.LocalizedMessage,
+                                error_details_pb2.DebugInfo, error_details_pb2.RequestInfo):
+                if any_msg.Is(detail_type.DESCRIPTOR):
+                    detail = detail_type()
+                    any_msg.Unpack(detail)
+                    fields["details"].append(detail)
+                    break
+            else:
+                fields["details"].append(any_msg)
+                continue
+            if isinstance(detail, error_details_pb2.ErrorInfo):
+                fields["reason"], fields["domain"] = detail.reason, detail.domain
+                fields["metadata"] = dict(detail.metadata)
+                fields["error_code"] = detail.metadata.get("error_code") or None
+            elif isinstance(detail, error_details_pb2.BadRequest):
+                fields["field_violations"] += [(v.field, v.description) for v in detail.field_violations]
+            elif isinstance(detail, error_details_pb2.RetryInfo):
+                fields["retry_after"] = round(detail.retry_delay.seconds + detail.retry_delay.nanos / 1e9, 3)
+            elif isinstance(detail, error_details_pb2.QuotaFailure):
+                fields["quota_violations"] += [(v.subject, v.description) for v in detail.violations]
+            elif isinstance(detail, error_details_pb2.PreconditionFailure):
+                fields["precondition_violations"] += [(v.type, v.subject, v.description) for v in detail.violations]
+        return cls(code, status.message or message, **fields)
+
+
+class ServerUnreachable(ExportApiError):
+    """No server answered at `address` (connection refused, name not resolved, connection lost)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, address: str):
+        self.address = address
+        super().__init__(code, message)
+
+    def summary(self) -> str:
+        return f"cannot reach the server at {self.address} ({self.code_name}: {self.message})"
+
+
+class DownloadError(Exception):
+    """The downloaded bytes do not match the size or sha256 the server announced (the partial file
+    is removed), or a resume was asked for without a usable partial file."""
+
+
+class CredentialsError(Exception):
+    """No usable credentials (token, project) could be found, or a credentials file is unreadable."""
+
+
+# -- credentials ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    address: str
+    token: str
+    project_id: str
+    instance_id: str | None = None
+    # Where each value came from: "flag", "env", or a file path.
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+
+
+def _read_credentials_file(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise CredentialsError(f"credentials file {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise CredentialsError(f"cannot read credentials file {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise CredentialsError(f"credentials file {path} does not hold a JSON object")
+    return doc
+
+
+def load_credentials(address: str | None = None, token: str | None = None, project_id: str | None = None,
+                     instance_id: str | None = None, credentials_file: str | os.PathLike | None = None, *,
+                     env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
+                     require_token: bool = True) -> Credentials:
+    """Resolves where and as whom to call, value by value, first found wins:
+
+    1. flags: the explicit arguments, then the file named by `credentials_file` (--credentials);
+    2. environment: IOTDA_EXPORT_ADDRESS, IOTDA_EXPORT_TOKEN, IOTDA_EXPORT_PROJECT,
+       IOTDA_EXPORT_INSTANCE_ID, then the file named by IOTDA_EXPORT_CREDENTIALS;
+    3. ./data/credentials.json (what the server writes on its first start), relative to `cwd`;
+    4. the address defaults to 127.0.0.1:50051.
+
+    A credentials file holds the keys user, project_id, token (ak, sk; optionally address and
+    instance_id). A file named by a flag or the environment must exist; the default one is optional.
+    Raises CredentialsError when no token or project is found (unless require_token=False)."""
+    env = os.environ if env is None else env
+    base = pathlib.Path(cwd) if cwd is not None else pathlib.Path.cwd()
+    layers: list[tuple[str, Mapping[str, Any]]] = [
+        ("flag", {"address": address, "token": token, "project_id": project_id, "instance_id": instance_id})]
+    if credentials_file:
+        path = str(base / os.fspath(credentials_file))
+        layers.append((path, _read_credentials_file(path)))
+    layers.append(("env", {"address": env.get(ENV_ADDRESS), "token": env.get(ENV_TOKEN),
+                           "project_id": env.get(ENV_PROJECT), "instance_id": env.get(ENV_INSTANCE_ID)}))
+    if env.get(ENV_CREDENTIALS):
+        path = str(base / env[ENV_CREDENTIALS])
+        layers.append((path, _read_credentials_file(path)))
+    default_file = base / DEFAULT_CREDENTIALS_FILE
+    if default_file.is_file():
+        layers.append((str(default_file), _read_credentials_file(str(default_file))))
+
+    values: dict[str, str | None] = {}
+    sources: dict[str, str] = {}
+    for key in ("address", "token", "project_id", "instance_id"):
+        for source, layer in layers:
+            value = layer.get(key)
+            if isinstance(value, str) and value.strip():
+                values[key], sources[key] = value.strip(), source
+                break
+        else:
+            values[key] = None
+    if values["address"] is None:
+        values["address"], sources["address"] = DEFAULT_ADDRESS, "default"
+    if require_token and not values["token"]:
+        raise CredentialsError(
+            "no credentials: pass --token and --project or --credentials FILE, set IOTDA_EXPORT_TOKEN and"
+            " IOTDA_EXPORT_PROJECT or IOTDA_EXPORT_CREDENTIALS, or run where ./data/credentials.json is")
+    if require_token and not values["project_id"]:
+        raise CredentialsError("no project: pass --project, set IOTDA_EXPORT_PROJECT, or use a credentials"
+                               " file with a project_id")
+    return Credentials(address=values["address"], token=values["token"] or "",
+                       project_id=values["project_id"] or "", instance_id=values["instance_id"], sources=sources)
+
+
+# -- streams -------------------------------------------------------------------------------------
+
+class ResponseStream(Iterator):
+    """A server stream whose failures arrive as ExportApiError; `cancel()` (or leaving a `with`
+    block) ends it early."""
+
+    def __init__(self, call, address: str):
+        self._call = call
+        self._address = address
+
+    def __iter__(self) -> "ResponseStream":
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._call)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.CANCELLED and self._call.cancelled():
+                raise StopIteration from None  # we cancelled it ourselves
+            raise ExportApiError.from_rpc_error(err, self._address) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def __enter__(self) -> "ResponseStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cancel()
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+def _struct(value: Mapping | struct_pb2.Struct | None) -> struct_pb2.Struct | None:
+    if value is None or isinstance(value, struct_pb2.Struct):
+        return value
+    s = struct_pb2.Struct()
+    s.update(dict(value))
+    return s
+
+
+class ExportClient:
+    """Calls ExportTaskService and BatchTaskService as one principal of one project.
+
+    Sends `authorization: Bearer <token>` and, when `instance_id` is set, `instance-id` on every call.
+    Unary calls time out after `timeout` seconds; streams (watch, download) have no deadline unless
+    one is passed. Use as a context manager, or call close()."""
+
+    def __init__(self, address: str, token: str, project_id: str, instance_id: str | None = None,
+                 timeout: float = 30.0, *, options: list[tuple[str, Any]] | None = None,
+                 channel: grpc.Channel | None = None):
+        self.address = address
+        self.project_id = project_id
+        self.instance_id = instance_id or None
+        self.timeout = timeout
+        metadata = [("authorization", f"Bearer {token}")]
+        if self.instance_id:
+            metadata.append(("instance-id", self.instance_id))
+        self.metadata = tuple(metadata)
+        self._own_channel = channel is None
+        self.channel = channel if channel is not None else grpc.insecure_channel(address, options=options or [])
+        self.exports = epb_grpc.ExportTaskServiceStub(self.channel)
+        self.batches = bpb_grpc.BatchTaskServiceStub(self.channel)
+
+    @classmethod
+    def from_credentials(cls, creds: Credentials, **kw) -> "ExportClient":
+        return cls(creds.address, creds.token, creds.project_id, creds.instance_id, **kw)
+
+    def close(self) -> None:
+        if self._own_channel:
+            self.channel.close()
+
+    def __enter__(self) -> "ExportClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _unary(self, method, request):
+        try:
+            return method(request, metadata=self.metadata, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise ExportApiError.from_rpc_error(err, self.address) from None
+
+    def _stream(self, method, request, timeout: float | None) -> ResponseStream:
+        return ResponseStream(method(request, metadata=self.metadata, timeout=timeout), self.address)
+
+    # -- export tasks ----------------------------------------------------------------------------
+
+    def create_export(self, task_id: str, app_type: str = "", app_id: str = "", request_id: str = "", *,
+                      resource_type: str = "BatchTask", export_format: str = "xls") -> epb.ExportTask:
+        """Creates an export of batch task `task_id` (or re-runs the same conditions); the task."""
+        return self._unary(self.exports.CreateExportTask, epb.CreateExportTaskRequest(
+            project_id=self.project_id, resource_type=resource_type,
+            resource_condition=epb.ResourceCondition(task_id=task_id), export_format=export_format,
+            app_type=app_type, app_id=app_id, request_id=request_id)).export_task
+
+    def list_exports(self, limit: int | None = None, offset: int | None = None, marker: str = "",
+                     **filters) -> epb.ListExportTasksResponse:
+        """A page of the caller's export tasks, newest first. Filters: resource_type, app_type, app_id,
+        resource_condition (JSON text or a dict) or its shorthand task_id."""
+        unknown = set(filters) - set(_LIST_FILTERS)
+        if unknown:
+            raise TypeError(f"unknown filters: {', '.join(sorted(unknown))} (known: {', '.join(_LIST_FILTERS)})")
+        condition = filters.pop("resource_condition", "") or ""
+        task_id = filters.pop("task_id", "") or ""
+        if isinstance(condition, Mapping):
+            condition = json.dumps(dict(condition), separators=(",", ":"))
+        if task_id:
+            if condition:
+                raise TypeError("pass either task_id or resource_condition")
+            condition = json.dumps({"task_id": task_id}, separators=(",", ":"))
+        request = epb.ListExportTasksRequest(project_id=self.project_id, marker=marker,
+                                             resource_condition=condition, **filters)
+        if limit is not None:
+            request.limit = limit
+        if offset is not None:
+            request.offset = offset
+        return self._unary(self.exports.ListExportTasks, request)
+
+    def iter_exports(self, page_size: int = 50, **filters) -> Iterator[epb.ExportTask]:
+        """Every export task of the caller, newest first, following the page markers."""
+        marker = ""
+        while True:
+            page = self.list_exports(limit=page_size, marker=marker, **filters)
+            yield from page.export_tasks
+            if len(page.export_tasks) < page_size or not page.page.marker:
+                return
+            marker = page.page.marker
+
+    def get_export(self, export_task_id: str) -> epb.ExportTask:
+        return self._unary(self.exports.GetExportTask, epb.GetExportTaskRequest(
+            project_id=self.project_id, export_task_id=export_task_id)).export_task
+
+    def watch(self, export_task_id: str, timeout: float | None = None) -> ResponseStream:
+        """The task's progress: a snapshot first, then every change (and a heartbeat every 15 s);
+        ends after Success or Failed. An iterator of WatchProgressResponse."""
+        return self._stream(self.exports.WatchProgress, epb.WatchProgressRequest(
+            project_id=self.project_id, export_task_id=export_task_id), timeout)
+
+    def wait(self, export_task_id: str, timeout: float | None = None) -> epb.ExportTask:
+        """Watches until the task is Success or Failed; returns its final state."""
+        last = None
+        for event in self.watch(export_task_id, timeout=timeout):
+            last = event.export_task
+        return last
+
+    def delete_export(self, export_task_id: str) -> None:
+        self._unary(self.exports.DeleteExportTask, epb.DeleteExportTaskRequest(
+            project_id=self.project_id, export_task_id=export_task_id))
+
+    def cancel_export(self, export_task_id: str) -> epb.ExportTask:
+        """Stops an unfinished export (it becomes Failed, "cancelled"); a finished one is unchanged."""
+        return self._unary(self.exports.CancelExportTask, epb.CancelExportTaskRequest(
+            project_id=self.project_id, export_task_id=export_task_id)).export_task
+
+    def download_stream(self, export_task_id: str, offset: int = 0, limit: int = 0,
+                        timeout: float | None = None) -> ResponseStream:
+        """The raw download (ShowExportTask): ShowExportTaskResponse chunks of at most 64 KiB."""
+        return self._stream(self.exports.ShowExportTask, epb.ShowExportTaskRequest(
+            project_id=self.project_id, export_task_id=export_task_id, offset=offset, limit=limit), timeout)
+
+    @staticmethod
+    def partial_path(dest_path: str | os.PathLike) -> str:
+        """Where download() keeps the bytes of `dest_path` until they are complete and verified."""
+        return os.fspath(dest_path) + PARTIAL_SUFFIX
+
+    def download(self, export_task_id: str, dest_path: str | os.PathLike, offset: int = 0, *,
+                 on_chunk: Callable[[int, int], None] | None = None, timeout: float | None = None) -> str:
+        """Downloads the result file (a .zip holding the .xls) to `dest_path`; returns the path.
+
+        The bytes go to `<dest_path>.part` and are renamed to `dest_path` only after their size and
+        sha256 equal what the server announced, so `dest_path` never holds half a file. If the
+        transfer breaks, the partial file stays: call again with `offset` = its size (or fewer
+        bytes) to resume; the bytes before `offset` are taken from it, and the server does not count
+        a resume of your last download as a new one. A mismatch removes the partial file and
+        raises DownloadError. `dest_path` may be a directory (the file is named export-<id>.zip).
+        `on_chunk(bytes_done, total_size)` is called after each chunk."""
+        dest = os.fspath(dest_path)
+        if os.path.isdir(dest):
+            dest = os.path.join(dest, f"export-{export_task_id}.zip")
+        part = self.partial_path(dest)
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        if offset:
+            try:
+                have = os.path.getsize(part)
+            except FileNotFoundError:
+                raise DownloadError(f"cannot resume at {offset}: {part} does not exist") from None
+            if have < offset:
+                raise DownloadError(f"cannot resume at {offset}: {part} holds only {have} bytes")
+        digest = hashlib.sha256()
+        f = None  # opened at the first chunk: a refused call leaves no file behind
+        done, total, expected_sha = offset, None, ""
+        try:
+            with self.download_stream(export_task_id, offset, timeout=timeout) as stream:
+                for msg in stream:
+                    if f is None:
+                        total, expected_sha = msg.total_size, msg.sha256
+                        if msg.offset != offset:
+                            raise DownloadError(f"the server answered from offset {msg.offset}, not {offset}")
+                        f = _open_partial(part, offset, digest)
+                    data = msg.body.data
+                    f.write(data)
+                    digest.update(data)
+                    done += len(data)
+                    if on_chunk is not None:
+                        on_chunk(done, total)
+            if f is None:
+                raise DownloadError("the server sent no data")
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            if done != total or (expected_sha and digest.hexdigest() != expected_sha):
+                raise DownloadError(
+                    f"the downloaded file does not match the server's: {done} of {total} bytes, sha256 "
+                    f"{digest.hexdigest()} instead of {expected_sha}")
+        except DownloadError:
+            if f is not None:
+                f.close()
+                _unlink(part)
+            raise
+        except BaseException:
+            if f is not None:
+                f.close()  # the partial file stays for a resume
+            raise
+        os.replace(part, dest)
+        return dest
+
+    # -- batch tasks -----------------------------------------------------------------------------
+
+    def create_batch_task(self, task_name: str, task_type: str, targets: Iterable[str] = (), app_id: str = "", *,
+                          task_mode: str = "", need_confirm: bool = False, task_ext_info: Mapping | None = None,
+                          targets_filter: Mapping | None = None, document: Mapping | None = None,
+                          task_policy: bpb.TaskPolicy | Mapping | None = None,
+                          document_source: str = "") -> bpb.BatchTask:
+        """Creates a batch task (up to 30,000 targets); the task."""
+        request = bpb.CreateBatchTaskRequest(
+            project_id=self.project_id, app_id=app_id, task_name=task_name, task_type=task_type,
+            task_mode=task_mode, need_confirm=need_confirm, targets=list(targets), document_source=document_source)
+        for name, value in (("task_ext_info", task_ext_info), ("targets_filter", targets_filter),
+                            ("document", document)):
+            if value is not None:
+                getattr(request, name).CopyFrom(_struct(value))
+        if task_policy is not None:
+            request.task_policy.CopyFrom(task_policy if isinstance(task_policy, bpb.TaskPolicy)
+                                         else bpb.TaskPolicy(**dict(task_policy)))
+        return self._unary(self.batches.CreateBatchTask, request).batchtask
+
+    def show_batch_task(self, task_id: str, task_detail_status: str = "", target: str = "",
+                        limit: int | None = None, offset: int | None = None,
+                        marker: str = "") -> bpb.ShowBatchTaskResponse:
+        """The batch task with a page of its sub-tasks (task_details, page)."""
+        request = bpb.ShowBatchTaskRequest(project_id=self.project_id, task_id=task_id,
+                                           task_detail_status=task_detail_status, target=target, marker=marker)
+        if limit is not None:
+            request.limit = limit
+        if offset is not None:
+            request.offset = offset
+        return self._unary(self.batches.ShowBatchTask, request)
+
+    def list_batch_tasks(self, task_type: str, app_id: str = "", status: str = "", limit: int | None = None,
+                         offset: int | None = None, marker: str = "") -> bpb.ListBatchTasksResponse:
+        request = bpb.ListBatchTasksRequest(project_id=self.project_id, task_type=task_type, app_id=app_id,
+                                            status=status, marker=marker)
+        if limit is not None:
+            request.limit = limit
+        if offset is not None:
+            request.offset = offset
+        return self._unary(self.batches.ListBatchTasks, request)
+
+    def delete_batch_task(self, task_id: str) -> None:
+        self._unary(self.batches.DeleteBatchTask, bpb.DeleteBatchTaskRequest(
+            project_id=self.project_id, task_id=task_id))
+
+    def record_results(self, task_id: str,
+                       results: Iterable[bpb.SubtaskResult | Mapping[str, Any]]) -> bpb.BatchTask:
+        """Records sub-task results in bulk (idempotent). Each result is a SubtaskResult or a dict
+        with target, status and optionally output, error_code, error_msg (or error={...})."""
+        messages = []
+        for r in results:
+            if isinstance(r, bpb.SubtaskResult):
+                messages.append(r)
+                continue
+            r = dict(r)
+            error = r.pop("error", None) or {}
+            code, msg = r.pop("error_code", ""), r.pop("error_msg", "")
+            m = bpb.SubtaskResult(**r)
+            if error or code or msg:
+                m.error.CopyFrom(bpb.SubtaskError(error_code=error.get("error_code", code),
+                                                  error_msg=error.get("error_msg", msg)))
+            messages.append(m)
+        return self._unary(self.batches.RecordSubtaskResults, bpb.RecordSubtaskResultsRequest(
+            project_id=self.project_id, task_id=task_id, results=messages)).batchtask
+
+    # -- health ----------------------------------------------------------------------------------
+
+    def check_health(self, service: str = "") -> str:
+        """grpc.health.v1 status name of `service` ("" = the whole server), e.g. "SERVING"."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        try:
+            response = health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise ExportApiError.from_rpc_error(err, self.address) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _open_partial(part: str, offset: int, digest) -> Any:
+    """The partial file, positioned at `offset`, its first `offset` bytes fed to `digest`."""
+    if not offset:
+        return open(part, "wb")
+    f = open(part, "r+b")
+    remaining = offset
+    while remaining:
+        block = f.read(min(remaining, 1 << 20))
+        if not block:
+            f.close()
+            raise DownloadError(f"{part} shrank below {offset} bytes")
+        digest.update(block)
+        remaining -= len(block)
+    f.truncate(offset)
+    f.seek(offset)
+    return f
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
