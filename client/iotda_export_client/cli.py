@@ -28,14 +28,22 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=os.environ.get("IOTDA_EXPORT_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ServerConfig(data_dir=args.data_dir, grpc_addr=args.grpc_addr,
+    config = ServerConfig(data_dir=args.data_dir, grpc_addr=args.grpc_addr, http_addr=args.http_addr or None,
                           workers=args.workers if args.workers is not None else (os.cpu_count() or 1))
 
-    async def main() -> None:
+    async def main() -> int:
         server = ExportServer(config)
-        port = await server.start()
+        try:
+            port = await server.start()
+        except (OSError, RuntimeError) as e:  # a port in use, another server on the data directory
+            print(f"error: cannot start: {e}", file=sys.stderr, flush=True)
+            await server.stop(0)
+            return 1
         host = args.grpc_addr.rsplit(":", 1)[0]
         print(f"iotda-export listening on {host}:{port} (gRPC)", flush=True)
+        if server.http_port is not None:
+            http_host = args.http_addr.rsplit(":", 1)[0]
+            print(f"iotda-export listening on http://{http_host}:{server.http_port} (HTTP/JSON gateway)", flush=True)
         if server.bootstrap_credentials:
             creds = os.path.join(args.data_dir, CREDENTIALS_FILE)
             print(f"created administrator '{server.bootstrap_credentials['user']}' in project "
@@ -48,9 +56,9 @@ def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
         print("iotda-export stopping", flush=True)
         await server.stop()
+        return 0
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -476,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-addr", default=os.environ.get("IOTDA_EXPORT_GRPC_ADDR", "127.0.0.1:50051"),
                        help="HOST:PORT; port 0 picks a free port (printed)")
     serve.add_argument("--workers", type=int, default=None, help="export worker processes (default: cores)")
+    serve.add_argument("--http-addr", default=os.environ.get("IOTDA_EXPORT_HTTP_ADDR", ""),
+                       help="HOST:PORT of the HTTP/JSON gateway for REST clients such as the official SDK;"
+                            " port 0 picks a free port (printed); empty: no gateway")
     serve.set_defaults(func=_serve)
 
     default_data_dir = os.environ.get("IOTDA_EXPORT_DATA_DIR", "./data")
@@ -579,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # the database, its journal and the result files hold secrets and user data
     args = build_parser().parse_args(argv)
     if args.func is _serve:  # the server reports its own failures, as it always did
         return args.func(args)
