@@ -50,12 +50,17 @@ _CODE_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
 
 
 class HttpError(Exception):
-    """A refusal decided by the gateway itself (before or instead of a gRPC call)."""
+    """A refusal decided by the gateway itself (before or instead of a gRPC call). `grpc_code`
+    overrides the Status code for refusals that have no domain class (routing, body size), as
+    grpc-gateway's routing errors carry NOT_FOUND / UNIMPLEMENTED rather than INTERNAL."""
 
-    def __init__(self, err: domain_errors.DomainError, http_status: int | None = None):
+    def __init__(self, err: domain_errors.DomainError, http_status: int | None = None,
+                 grpc_code: grpc.StatusCode | None = None, headers: dict[str, str] | None = None):
         super().__init__(err.message)
         self.err = err
         self.http_status = http_status
+        self.grpc_code = grpc_code
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
@@ -247,8 +252,31 @@ def _field_of(parse_error: str) -> str:
 # -- responses -----------------------------------------------------------------------------------
 
 def to_json(msg) -> dict:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
+    """protojson with UseProtoNames and EmitUnpopulated, as grpc-gateway renders: zero values
+    present, an unset singular message field as null; proto3 `optional` fields (synthetic oneofs)
+    and oneof members left out when unset."""
+    document = json_format.MessageToDict(msg, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+    _emit_null_messages(msg, document)
+    return document
+
+
+def _emit_null_messages(msg, document: dict) -> None:
+    if msg.DESCRIPTOR.full_name.startswith("google.protobuf."):
+        return  # well-known types have their own JSON forms (Struct, Any, Timestamp, ...)
+    for field in msg.DESCRIPTOR.fields:
+        if field.message_type is None or field.containing_oneof is not None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            continue
+        if field.is_repeated:
+            for item, rendered in zip(getattr(msg, field.name), document.get(field.name, ())):
+                if isinstance(rendered, dict):
+                    _emit_null_messages(item, rendered)
+        elif not msg.HasField(field.name):
+            document[field.name] = None
+        elif isinstance(document.get(field.name), dict):
+            _emit_null_messages(getattr(msg, field.name), document[field.name])
 
 
 def error_body(status: status_pb2.Status) -> tuple[dict, dict[str, str]]:
@@ -329,10 +357,13 @@ class Gateway:
             if route.http_method == method:
                 return route, values
         if path_matched:
+            allowed = sorted({r.http_method for r in self.routes if r.match(raw_segments) is not None})
             raise HttpError(domain_errors.DomainError("Method not allowed on this path.", error_code="APIGW.0102",
-                                                     reason="METHOD_NOT_ALLOWED"), http_status=405)
+                                                     reason="METHOD_NOT_ALLOWED"), http_status=405,
+                            grpc_code=grpc.StatusCode.UNIMPLEMENTED, headers={"Allow": ", ".join(allowed)})
         raise HttpError(domain_errors.DomainError("The API does not exist.", error_code="APIGW.0101",
-                                                  reason="NOT_FOUND"), http_status=404)
+                                                  reason="NOT_FOUND"), http_status=404,
+                        grpc_code=grpc.StatusCode.NOT_FOUND)
 
     async def _authenticate(self, request: web.Request, raw_path: str, raw_query: str, body: bytes,
                             path_values: dict[str, str]) -> list[tuple[str, str]]:
@@ -351,15 +382,17 @@ class Gateway:
                 log.info("signature refused: %s (ak %s)", exc, parsed.access_key)
                 raise HttpError(domain_errors.Unauthenticated(
                     "Incorrect IAM authentication information: verify aksk signature fail.")) from None
-            project = headers.get("x-project-id")
-            if project is not None and project != path_values.get("project_id"):
-                raise HttpError(domain_errors.PermissionDenied(
-                    "-", "X-Project-Id does not match the project in the path."))
             md += [(FRONT_END_USER, principal.user), (FRONT_END_KEY, self.gateway_key)]
         elif authorization:
             md.append(("authorization", authorization))
         if token := request.headers.get("X-Auth-Token"):
             md.append(("x-auth-token", token))
+        # The SDK sends X-Project-Id beside the path's project: both must name the same project,
+        # whatever the credential (a request without any credential is left to the 401).
+        project = request.headers.get("X-Project-Id")
+        if md and project is not None and project != path_values.get("project_id"):
+            raise HttpError(domain_errors.PermissionDenied(
+                "-", "X-Project-Id does not match the project in the path."))
         return md
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -371,7 +404,10 @@ class Gateway:
             status = response.status
             return response
         except HttpError as exc:
-            response = self._error_response(errors.to_status(exc.err), request_id, exc.http_status)
+            status_msg = errors.to_status(exc.err)
+            if exc.grpc_code is not None:
+                status_msg.code = exc.grpc_code.value[0]
+            response = self._error_response(status_msg, request_id, exc.http_status, exc.headers)
             status = response.status
             return response
         except (ConnectionResetError, asyncio.CancelledError):
@@ -384,9 +420,10 @@ class Gateway:
             log.info("http %s %s status=%d request_id=%s ms=%.1f", request.method, request.rel_url.raw_path,
                      status, request_id, (time.monotonic() - started) * 1000)
 
-    def _error_response(self, status: status_pb2.Status, request_id: str,
-                        http_status: int | None = None) -> web.Response:
+    def _error_response(self, status: status_pb2.Status, request_id: str, http_status: int | None = None,
+                        extra_headers: dict[str, str] | None = None) -> web.Response:
         body, headers = error_body(status)
+        headers.update(extra_headers or {})
         code = _CODE_BY_VALUE.get(status.code, grpc.StatusCode.UNKNOWN)
         http_status = http_status or HTTP_STATUS[code]
         if http_status == 401:
@@ -398,12 +435,15 @@ class Gateway:
         raw_path = request.rel_url.raw_path
         raw_query = request.rel_url.raw_query_string
         route, path_values = self._route(request.method, raw_path)
+        too_large = HttpError(domain_errors.DomainError(
+            f"The request body is larger than {MAX_BODY_BYTES} bytes.", error_code="IOTDA.000008",
+            reason="REQUEST_TOO_LARGE"), http_status=413, grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED)
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            raise too_large  # refused on its declared length, before reading any of it
         try:
             body = await request.read() if route.body or request.can_read_body else b""
-        except web.HTTPRequestEntityTooLarge:
-            raise HttpError(domain_errors.DomainError(
-                f"The request body is larger than {MAX_BODY_BYTES} bytes.", error_code="IOTDA.000008",
-                reason="REQUEST_TOO_LARGE"), http_status=413) from None
+        except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past the limit
+            raise too_large from None
         md = await self._authenticate(request, raw_path, raw_query, body, path_values)
         msg = build_request(route, path_values, raw_query, request.headers.get("Content-Type", ""), body)
         md.append(("x-request-id", request_id))
