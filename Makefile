@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ./data
 GRPC_ADDR ?= 127.0.0.1:50051
+HTTP_ADDR ?= 127.0.0.1:8080
 
 .PHONY: run test venv protos check-protos lint clean
 
@@ -16,9 +17,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## Start the service on the embedded default (SQLite + local files under $(DATA_DIR)).
+## Start the service on the embedded default (SQLite + local files under $(DATA_DIR)), gRPC and HTTP.
 run: $(STAMP)
-	$(BIN)/iotda-export serve --data-dir $(DATA_DIR) --grpc-addr $(GRPC_ADDR)
+	$(BIN)/iotda-export serve --data-dir $(DATA_DIR) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
 ## Everything CI checks: stubs fresh, protos lint-clean, every test.
 test: $(STAMP) check-protos lint
