@@ -166,7 +166,8 @@ def _export(row: Any) -> ExportTask | None:
 
 
 class SqliteTx:
-    """Queries and statements, run on one connection (inside a transaction when opened by one)."""
+    """Queries and statements, run on one connection (inside a transaction when opened by one).
+    Portable SQL (qmark parameters): the PostgreSQL store runs the same queries (store/postgres.py)."""
 
     def __init__(self, conn: sqlite3.Connection):
         self.c = conn
@@ -175,21 +176,21 @@ class SqliteTx:
 
     def insert_principal(self, p: Principal, token_sha256: str) -> None:
         self.c.execute(
-            "INSERT INTO principals (user, project_id, enterprise_project_id, token_sha256, ak, sk, policy,"
+            'INSERT INTO principals ("user", project_id, enterprise_project_id, token_sha256, ak, sk, policy,'
             " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (p.user, p.project_id, p.enterprise_project_id, token_sha256, p.ak, p.sk, p.policy_json(),
              p.created_at))
 
     def principal_by(self, column: str, value: str) -> Principal | None:
         assert column in ("user", "token_sha256", "ak")
-        row = self.c.execute(f"SELECT * FROM principals WHERE {column} = ?", (value,)).fetchone()
+        row = self.c.execute(f'SELECT * FROM principals WHERE "{column}" = ?', (value,)).fetchone()
         return None if row is None else Principal.from_row(row)
 
     def list_principals(self) -> list[Principal]:
         return [Principal.from_row(r) for r in self.c.execute("SELECT * FROM principals ORDER BY created_at")]
 
     def delete_principal(self, user: str) -> bool:
-        return self.c.execute("DELETE FROM principals WHERE user = ?", (user,)).rowcount > 0
+        return self.c.execute('DELETE FROM principals WHERE "user" = ?', (user,)).rowcount > 0
 
     def count_principals(self) -> int:
         return self.c.execute("SELECT count(*) FROM principals").fetchone()[0]

@@ -1,0 +1,228 @@
+"""The PostgreSQL store: state shared by several API replicas and export workers.
+
+The same queries as the SQLite store (store/sqlite.py: SqliteTx), run through an adapter, with
+PostgreSQL's tools where several hosts race:
+- per-user decisions (the quotas) take pg_advisory_xact_lock(hashtext(user)) in their transaction;
+- workers claim with FOR UPDATE SKIP LOCKED, so no two take the same export;
+- a trigger NOTIFYs the id of every changed export task (channel iotda_export_tasks_v1); one
+  listening connection per process pokes the progress hub, with polling as the backstop.
+Connections are per thread and re-opened after the database went away (a restart, a cut network).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pathlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import psycopg
+
+from ..domain.model import ExportTask
+from .sqlite import EXPORT_COLUMNS, SchemaError, SqliteTx, _export
+
+log = logging.getLogger("iotda_export.store.postgres")
+
+MIGRATIONS_DIR = pathlib.Path(__file__).parent / "migrations" / "postgres"
+TASKS_CHANNEL = "iotda_export_tasks_v1"
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def migrations() -> list[tuple[int, str]]:
+    return [(int(p.name.split("_", 1)[0]), p.read_text()) for p in sorted(MIGRATIONS_DIR.glob("*.sql"))]
+
+
+class _Row(tuple):
+    """A row readable by position and by column name, like sqlite3.Row."""
+
+    _index: dict[str, int] = {}
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._index[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+def _row_factory(cursor):
+    if cursor.description is None:
+        return tuple
+    index = {c.name: i for i, c in enumerate(cursor.description)}
+    cls = type("Row", (_Row,), {"_index": index})
+    return cls
+
+
+class _Conn:
+    """sqlite3's connection surface (qmark parameters, execute/executemany) over psycopg."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+
+    def execute(self, query: str, args=()):
+        return self.conn.execute(query.replace("?", "%s"), tuple(args))
+
+    def executemany(self, query: str, rows):
+        cur = self.conn.cursor()
+        cur.executemany(query.replace("?", "%s"), [tuple(r) for r in rows])
+        return cur
+
+
+class PgTx(SqliteTx):
+    """SqliteTx's queries on PostgreSQL, except where PostgreSQL must do better."""
+
+    def claim_export(self, worker_id: str, run_token: str, now: int, lease_until: int) -> ExportTask | None:
+        row = self.c.execute(
+            "WITH next AS (SELECT export_task_id FROM export_tasks WHERE run_state = 'queued'"
+            "  ORDER BY queued_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " UPDATE export_tasks t SET run_state = 'running', run_token = ?, worker_id = ?, lease_until = ?,"
+            "  attempts = t.attempts + 1, version = t.version + 1 FROM next"
+            f" WHERE t.export_task_id = next.export_task_id RETURNING {_qualified('t')}",
+            (run_token, worker_id, lease_until)).fetchone()
+        return _export(row)
+
+    def running_exports(self, lease_expired_before: int | None = None) -> list[ExportTask]:
+        q = f"SELECT {EXPORT_COLUMNS} FROM export_tasks WHERE run_state = 'running'"
+        args: tuple = ()
+        if lease_expired_before is not None:
+            q += " AND lease_until < ?"
+            args = (lease_expired_before,)
+        # Another replica's sweeper may be looking at the same rows: each takes what it can lock.
+        return [_export(r) for r in self.c.execute(q + " FOR UPDATE SKIP LOCKED", args)]
+
+
+def _qualified(alias: str) -> str:
+    return ", ".join(f"{alias}.{c}" for c in EXPORT_COLUMNS.split(", "))
+
+
+class PgStore:
+    dialect = "postgresql"
+
+    def __init__(self, url: str):
+        self.url = url
+        self._local = threading.local()
+
+    def _connect(self, autocommit: bool = True) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=autocommit, row_factory=_row_factory,
+                               connect_timeout=CONNECT_TIMEOUT_SECONDS, application_name="iotda-export")
+
+    def _conn(self) -> psycopg.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextlib.contextmanager
+    def transaction(self, lock_key: str | None = None) -> Iterator[PgTx]:
+        conn = self._conn()
+        with conn.transaction():
+            if lock_key is not None:
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock_key,))
+            yield PgTx(_Conn(conn))
+
+    def reader(self) -> PgTx:
+        return PgTx(_Conn(self._conn()))
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[PgTx]:
+        """One consistent read-only view for a long export, on its own connection."""
+        conn = self._connect(autocommit=False)
+        try:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield PgTx(_Conn(conn))
+            conn.rollback()
+        finally:
+            conn.close()
+
+    # -- schema ----------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        conn = self._conn()
+        if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+            return 0
+        return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+
+    def migrate(self) -> int:
+        known = migrations()
+        latest = known[-1][0]
+        with self.transaction(lock_key="iotda-export:migrate") as tx:
+            conn = tx.c.conn
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                         "(version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+            if current > latest:
+                raise SchemaError(f"database schema version {current} is newer than this server's {latest}")
+            for version, sql in known:
+                if version > current:
+                    conn.execute(sql)  # no parameters: the simple protocol runs the whole file
+                    conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (version, int(time.time() * 1000)))
+        return latest
+
+    def check_schema(self) -> int:
+        """A server never runs against a schema it does not know: exactly the latest, or refuse."""
+        latest = migrations()[-1][0]
+        current = self.schema_version()
+        if current != latest:
+            raise SchemaError(f"database schema version {current}, this server needs {latest}:"
+                              " run `iotda-export migrate --database ...` first")
+        return current
+
+
+class Listener:
+    """One LISTEN connection per process: calls `on_notify(export_task_id)` for every change,
+    re-established after the database restarts. Notifications are hints; pollers cover gaps."""
+
+    def __init__(self, url: str, on_notify: Callable[[str], None], channel: str = TASKS_CHANNEL):
+        self.url = url
+        self.on_notify = on_notify
+        self.channel = channel
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pg-listener", daemon=True)
+        self._conn: psycopg.Connection | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.cancel_safe()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                                     application_name="iotda-export-listener") as conn:
+                    self._conn = conn
+                    conn.execute(f"LISTEN {self.channel}")
+                    self.connected.set()
+                    backoff = 0.5
+                    while not self._stop.is_set():
+                        # A timeout lets the loop notice stop requests and proves the link alive.
+                        for n in conn.notifies(timeout=5.0):
+                            self.on_notify(n.payload)
+                        conn.execute("SELECT 1")
+            except Exception as exc:  # noqa: BLE001 - the database went away: reconnect
+                self.connected.clear()
+                if self._stop.is_set():
+                    return
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
