@@ -29,13 +29,16 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("IOTDA_EXPORT_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(data_dir=args.data_dir, grpc_addr=args.grpc_addr, http_addr=args.http_addr or None,
-                          workers=args.workers if args.workers is not None else (os.cpu_count() or 1))
+                          workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
+                          database=args.database, files_dir=args.files_dir,
+                          lease_seconds=args.lease_seconds)
 
     async def main() -> int:
         server = ExportServer(config)
         try:
             port = await server.start()
-        except (OSError, RuntimeError) as e:  # a port in use, another server on the data directory
+        except (OSError, RuntimeError, ValueError) as e:  # a port in use, another server on the data directory,
+            # a schema to migrate first
             print(f"error: cannot start: {e}", file=sys.stderr, flush=True)
             await server.stop(0)
             return 1
@@ -59,6 +62,34 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from iotda_export_server.app import ServerConfig, run_workers
+
+    logging.basicConfig(level=os.environ.get("IOTDA_EXPORT_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(data_dir=args.data_dir, database=args.database, files_dir=args.files_dir,
+                          workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
+                          lease_seconds=args.lease_seconds)
+    try:
+        return asyncio.run(run_workers(config))
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"error: cannot start: {e}", file=sys.stderr)
+        return 1
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from iotda_export_server.app import prepare_data_dir
+    from iotda_export_server.store import is_postgres, open_store
+    data_dir = args.data_dir if is_postgres(args.database) else prepare_data_dir(args.data_dir)
+    try:
+        store = open_store(data_dir, args.database, migrate=True)
+    except Exception as e:  # noqa: BLE001 - unreachable database, newer schema
+        print(f"error: migration failed: {e}", file=sys.stderr)
+        return 1
+    print(f"schema at version {store.schema_version()}")
+    return 0
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -162,6 +193,23 @@ def _data_dir(args, create: bool) -> str:
     return path
 
 
+def _admin_store(args, create: bool):
+    """The state the server uses: SQLite in --data-dir, or the PostgreSQL of --database."""
+    from iotda_export_server.app import prepare_data_dir
+    from iotda_export_server.store import is_postgres, open_store
+    if is_postgres(args.database):
+        return open_store(args.data_dir, args.database, migrate=False)
+    return open_store(prepare_data_dir(_data_dir(args, create=create)), args.database)
+
+
+def _state_flags(p: argparse.ArgumentParser, default_data_dir: str) -> None:
+    p.add_argument("--data-dir", default=default_data_dir,
+                   help="the server's directory: SQLite database, credentials.json, result files")
+    p.add_argument("--database", default=os.environ.get("IOTDA_EXPORT_DATABASE") or None,
+                   help="postgresql://... to share state between replicas (env IOTDA_EXPORT_DATABASE);"
+                        " default: SQLite in --data-dir")
+
+
 def _split(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -172,10 +220,9 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def _principal_add(args) -> int:
-    from iotda_export_server.app import add_principal, prepare_data_dir
+    from iotda_export_server.app import add_principal
     from iotda_export_server.domain import auth
-    from iotda_export_server.store.sqlite import open_store
-    store = open_store(prepare_data_dir(_data_dir(args, create=True)))
+    store = _admin_store(args, create=True)
     try:
         creds = add_principal(store, args.user, args.project, _split(args.actions),
                               enterprise_project_id=args.enterprise_project or auth.DEFAULT_ENTERPRISE_PROJECT,
@@ -192,8 +239,7 @@ def _principal_add(args) -> int:
 
 
 def _principal_list(args) -> int:
-    from iotda_export_server.store.sqlite import open_store
-    store = open_store(_data_dir(args, create=False))
+    store = _admin_store(args, create=False)
     principals = store.reader().list_principals()
     docs = [{"user": p.user, "project_id": p.project_id, "enterprise_project_id": p.enterprise_project_id,
              "ak": p.ak, "statements": [s.to_json() for s in p.statements],
@@ -217,8 +263,7 @@ def _principal_list(args) -> int:
 
 
 def _principal_remove(args) -> int:
-    from iotda_export_server.store.sqlite import open_store
-    store = open_store(_data_dir(args, create=False))
+    store = _admin_store(args, create=False)
     with store.transaction() as tx:
         removed = tx.delete_principal(args.user)
     if not removed:
@@ -234,7 +279,7 @@ def _seed(args) -> int:
         raise UsageError("--subtasks must not be negative")
     try:
         task_id = seed(args.data_dir, args.subtasks, project_id=args.project, instance_id=args.instance_id or "",
-                       app_id=args.app_id)
+                       app_id=args.app_id, database=args.database)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.json:
@@ -479,23 +524,41 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_flags(conn)
 
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the service (gRPC) on the embedded default: SQLite and local files")
-    serve.add_argument("--data-dir", default=os.environ.get("IOTDA_EXPORT_DATA_DIR", "./data"))
+    default_data_dir = os.environ.get("IOTDA_EXPORT_DATA_DIR", "./data")
+    serve = sub.add_parser("serve", help="run the service (gRPC, and HTTP with --http-addr): on the embedded"
+                                         " default SQLite and local files, or on --database")
     serve.add_argument("--grpc-addr", default=os.environ.get("IOTDA_EXPORT_GRPC_ADDR", "127.0.0.1:50051"),
                        help="HOST:PORT; port 0 picks a free port (printed)")
     serve.add_argument("--workers", type=int, default=None, help="export worker processes (default: cores)")
     serve.add_argument("--http-addr", default=os.environ.get("IOTDA_EXPORT_HTTP_ADDR", ""),
                        help="HOST:PORT of the HTTP/JSON gateway for REST clients such as the official SDK;"
                             " port 0 picks a free port (printed); empty: no gateway")
+    _state_flags(serve, default_data_dir)
+    serve.add_argument("--files-dir", default=os.environ.get("IOTDA_EXPORT_FILES_DIR") or None,
+                       help="result files (default <data-dir>/files); with several replicas, a directory they share")
+    serve.add_argument("--lease-seconds", type=float, default=float(os.environ.get("IOTDA_EXPORT_LEASE_SECONDS", "30")),
+                       help="a running export whose worker stops renewing its lease this long is taken over")
     serve.set_defaults(func=_serve)
 
-    default_data_dir = os.environ.get("IOTDA_EXPORT_DATA_DIR", "./data")
+    p = sub.add_parser("worker", help="run export workers only (no RPC port), against --database: scale"
+                                      " exports apart from API replicas (`serve --workers 0`)")
+    _state_flags(p, default_data_dir)
+    p.add_argument("--workers", type=int, default=None, help="export worker processes (default: cores)")
+    p.add_argument("--files-dir", default=os.environ.get("IOTDA_EXPORT_FILES_DIR") or None,
+                   help="result files, shared with the API replicas (default <data-dir>/files)")
+    p.add_argument("--lease-seconds", type=float, default=float(os.environ.get("IOTDA_EXPORT_LEASE_SECONDS", "30")))
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("migrate", help="create or upgrade the database schema (PostgreSQL: run once before"
+                                       " starting replicas; SQLite migrates itself on start)")
+    _state_flags(p, default_data_dir)
+    p.set_defaults(func=_migrate)
 
     principal = sub.add_parser("principal", help="add, list or remove principals (users) of a data directory;"
                                                  " works while a server runs on it")
     psub = principal.add_subparsers(dest="principal_command", required=True)
     p = psub.add_parser("add", help="create a principal in its project; prints its credentials once")
-    p.add_argument("--data-dir", default=default_data_dir)
+    _state_flags(p, default_data_dir)
     p.add_argument("--user", required=True, help="1-64 of [A-Za-z0-9_.@-]")
     p.add_argument("--project", required=True, help="project ID, 1-64 of [A-Za-z0-9_-]")
     p.add_argument("--actions", default=None,
@@ -507,17 +570,17 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(p)
     p.set_defaults(func=_principal_add)
     p = psub.add_parser("list", help="list principals (never tokens or secret keys)")
-    p.add_argument("--data-dir", default=default_data_dir)
+    _state_flags(p, default_data_dir)
     _json_flag(p)
     p.set_defaults(func=_principal_list)
     p = psub.add_parser("remove", help="remove a principal: its credentials stop working at once")
-    p.add_argument("--data-dir", default=default_data_dir)
+    _state_flags(p, default_data_dir)
     p.add_argument("--user", required=True)
     p.set_defaults(func=_principal_remove)
 
     p = sub.add_parser("seed", help="load a demo batch task with N sub-tasks of mixed outcomes (works while a"
                                     " server runs on the data directory)")
-    p.add_argument("--data-dir", default=default_data_dir)
+    _state_flags(p, default_data_dir)
     p.add_argument("--subtasks", type=int, required=True, metavar="N", help="any N, also above 65,535")
     p.add_argument("--project", default=None, help="project ID (default: the one of <data-dir>/credentials.json)")
     p.add_argument("--instance-id", default="", help="instance (default: the default instance)")
@@ -592,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the database, its journal and the result files hold secrets and user data
     args = build_parser().parse_args(argv)
-    if args.func is _serve:  # the server reports its own failures, as it always did
+    if args.func in (_serve, _worker, _migrate):  # server-side commands report their own failures
         return args.func(args)
     from iotda_export_client import CredentialsError, DownloadError, ExportApiError
     try:

@@ -19,7 +19,7 @@ from .domain.progress import ProgressHub
 from .runner.supervisor import Supervisor
 from .runner.worker import WorkerConfig
 from .store.files import ResultFiles
-from .store.sqlite import open_store
+from .store import is_postgres, open_store
 
 log = logging.getLogger("iotda_export.server")
 
@@ -33,6 +33,10 @@ class ServerConfig:
     data_dir: str
     grpc_addr: str = "127.0.0.1:50051"
     http_addr: str | None = None  # HOST:PORT of the HTTP/JSON gateway; None: no gateway
+    # None: SQLite in data_dir (the embedded default); a postgresql:// URL: shared state for replicas.
+    database: str | None = None
+    # Result files; with several replicas a directory they all share. Default: <data_dir>/files.
+    files_dir: str | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     lease_seconds: float = 30.0
     watch_poll_seconds: float = 0.2
@@ -72,7 +76,7 @@ def add_principal(store, user: str, project_id: str, actions: list[str] | None =
 def bootstrap(store, data_dir: pathlib.Path) -> dict | None:
     """First start on an empty database: an administrator with every action, in a new project,
     its credentials written to <data_dir>/credentials.json (0600)."""
-    with store.transaction() as tx:
+    with store.transaction(lock_key="iotda-export:bootstrap") as tx:  # one replica creates it
         if tx.count_principals() > 0:
             return None
         statements = auth.statements_for(["iotda:*:*"])
@@ -120,6 +124,7 @@ class ExportServer:
         self.server = None
         self.health = None
         self.supervisor: Supervisor | None = None
+        self.listener = None
 
     async def start(self) -> int:
         from grpc_health.v1 import health_pb2
@@ -127,23 +132,33 @@ class ExportServer:
         from .transport.grpc_server import MAX_MESSAGE_BYTES, SERVICE_DESCRIPTORS, SERVICE_NAMES, create_server
         from .transport.servicers import BatchTaskServicer, ExportTaskServicer
 
-        self.lock.acquire()
-        self.store = store = open_store(self.data_dir)
-        self.files = files = ResultFiles(self.data_dir / "files")
+        shared = is_postgres(self.config.database)
+        if not shared:
+            self.lock.acquire()  # SQLite: this process owns the data directory
+        self.store = store = open_store(self.data_dir, self.config.database, migrate=not shared)
+        files_dir = pathlib.Path(self.config.files_dir) if self.config.files_dir else self.data_dir / "files"
+        self.files = files = ResultFiles(files_dir)
         self.bootstrap_credentials = bootstrap(store, self.data_dir)
         jobs = ExportJobs(store, files, lease_seconds=self.config.lease_seconds)
-        # This process owns the data directory: whatever was running belonged to a previous life.
-        recovered = jobs.recover(only_expired=False)
-        if recovered:
-            log.warning("recovered %d interrupted exports: %s", len(recovered), ", ".join(recovered))
-        files.sweep(store.reader().all_export_file_ids())
+        if not shared:
+            # Sole owner: whatever was running belonged to a previous life of this server.
+            recovered = jobs.recover(only_expired=False)
+            if recovered:
+                log.warning("recovered %d interrupted exports: %s", len(recovered), ", ".join(recovered))
+        # Shared files: other replicas' workers may be writing; only leave their fresh temp files alone.
+        files.sweep(store.reader().all_export_file_ids(),
+                    temp_older_than=2 * self.config.lease_seconds if shared else 0)
 
         self.hub = hub = ProgressHub(self._load_tasks, poll_interval=self.config.watch_poll_seconds)
-        worker_config = WorkerConfig(data_dir=str(self.data_dir), lease_seconds=self.config.lease_seconds)
+        if shared:
+            from .store.postgres import Listener
+            self.listener = Listener(self.config.database, hub.poke)
+            self.listener.start()
+        worker_config = WorkerConfig(data_dir=str(self.data_dir), lease_seconds=self.config.lease_seconds,
+                                     database=self.config.database, files_dir=str(files_dir))
         # Workers are spawned before any gRPC object exists in this process.
         self.supervisor = Supervisor(worker_config, self.config.workers, jobs, on_change=hub.poke)
-        if self.config.workers > 0:
-            self.supervisor.start()
+        self.supervisor.start()
 
         def on_change(export_task_id: str) -> None:
             hub.poke(export_task_id)
@@ -168,9 +183,9 @@ class ExportServer:
                 d.services_by_name[n] for d, n in SERVICE_DESCRIPTORS], store, front_end_key, MAX_MESSAGE_BYTES)
             http_host, http_port = self.config.http_addr.rsplit(":", 1)
             self.http_port = await self.gateway.start(http_host.strip("[]"), int(http_port))
-        self._tasks = [asyncio.create_task(hub.run(), name="progress-hub")]
-        if self.config.workers > 0:
-            self._tasks.append(asyncio.create_task(self.supervisor.run(), name="supervisor"))
+        # Every process sweeps expired leases (an API-only replica too): exports never stay stuck.
+        self._tasks = [asyncio.create_task(hub.run(), name="progress-hub"),
+                       asyncio.create_task(self.supervisor.run(), name="supervisor")]
         return self.port
 
     async def _load_tasks(self, ids: list[str]):
@@ -195,15 +210,17 @@ class ExportServer:
                 pass
         if self.supervisor is not None:
             await asyncio.to_thread(self.supervisor.stop)
+        if self.listener is not None:
+            await asyncio.to_thread(self.listener.stop)
         self.lock.release()
 
 
 def seed(data_dir: str | os.PathLike, subtasks: int, project_id: str | None = None, instance_id: str = "",
-         app_id: str | None = None) -> str:
+         app_id: str | None = None, database: str | None = None) -> str:
     """Loads a demo batch task (works while a server runs on the same data directory)."""
     from .domain import rules
     path = prepare_data_dir(data_dir)
-    store = open_store(path)
+    store = open_store(path, database, migrate=not is_postgres(database))
     if project_id is None:
         creds = path / CREDENTIALS_FILE
         if creds.exists():
@@ -214,3 +231,29 @@ def seed(data_dir: str | os.PathLike, subtasks: int, project_id: str | None = No
                 raise ValueError("no project: pass --project, or start the server once to create one")
             project_id = principals[0].project_id
     return seed_batch_task(store, project_id, instance_id, subtasks, app_id or rules.DEFAULT_APP_ID)
+
+
+async def run_workers(config: ServerConfig) -> int:
+    """`iotda-export worker`: export worker processes and the lease sweeper, no RPC port. Stops on
+    SIGTERM/SIGINT, handing running exports back to the queue."""
+    import signal
+
+    data_dir = prepare_data_dir(config.data_dir)
+    if not is_postgres(config.database):
+        raise ValueError("`worker` shares a database with API replicas: pass --database postgresql://...")
+    store = open_store(data_dir, config.database, migrate=False)
+    files = ResultFiles(pathlib.Path(config.files_dir) if config.files_dir else data_dir / "files")
+    jobs = ExportJobs(store, files, lease_seconds=config.lease_seconds)
+    supervisor = Supervisor(WorkerConfig(data_dir=str(data_dir), lease_seconds=config.lease_seconds,
+                                         database=config.database, files_dir=str(files.dir)), config.workers, jobs)
+    supervisor.start()
+    print(f"iotda-export worker running {config.workers} export processes", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sweeper = asyncio.create_task(supervisor.run())
+    await stop.wait()
+    sweeper.cancel()
+    await asyncio.to_thread(supervisor.stop)
+    return 0

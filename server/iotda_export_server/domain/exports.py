@@ -351,12 +351,13 @@ class ExportJobs:
             for task in tx.running_exports(lease_expired_before=now if only_expired else None):
                 if task.attempts >= rules.MAX_EXPORT_ATTEMPTS:
                     tx.update_export_task(
-                        task.export_task_id, status=rules.STATUS_FAILED, end_time=now, run_state="done",
+                        task.export_task_id, expect_run_token=task.run_token, status=rules.STATUS_FAILED,
+                        end_time=now, run_state="done",
                         status_desc=f"the export was interrupted {task.attempts} times (worker lost); giving up",
                         run_token=None, worker_id=None, lease_until=None)
                 else:
-                    tx.update_export_task(task.export_task_id, run_state="queued", run_token=None, worker_id=None,
-                                          lease_until=None, queued_at=now)
+                    tx.update_export_task(task.export_task_id, expect_run_token=task.run_token, run_state="queued",
+                                          run_token=None, worker_id=None, lease_until=None, queued_at=now)
                 changed.append(task.export_task_id)
         return changed
 

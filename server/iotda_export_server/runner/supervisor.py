@@ -46,11 +46,16 @@ class Supervisor:
         return p
 
     def _popen(self, worker_id: str) -> subprocess.Popen:
+        env = dict(os.environ)
+        env.pop("IOTDA_EXPORT_DATABASE", None)
+        if self.config.database:
+            env["IOTDA_EXPORT_DATABASE"] = self.config.database
         return subprocess.Popen(
             [sys.executable, "-m", "iotda_export_server.runner.worker", "--data-dir", self.config.data_dir,
              "--worker-id", worker_id, "--parent-pid", str(os.getpid()),
-             "--lease-seconds", str(self.config.lease_seconds)],
-            stdin=subprocess.DEVNULL, close_fds=True)
+             "--lease-seconds", str(self.config.lease_seconds),
+             *(["--files-dir", self.config.files_dir] if self.config.files_dir else [])],
+            stdin=subprocess.DEVNULL, close_fds=True, env=env)
 
     def start(self) -> None:
         self.processes = [self._spawn() for _ in range(self.count)]

@@ -14,6 +14,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import pathlib
 import signal
 import threading
 import time
@@ -35,6 +36,8 @@ class WorkerConfig:
     data_dir: str
     lease_seconds: float = 30.0
     poll_seconds: float = 0.25
+    database: str | None = None   # postgresql:// URL, or None for SQLite in data_dir
+    files_dir: str | None = None  # default <data_dir>/files
 
 
 class RunCancelled(Exception):
@@ -55,10 +58,9 @@ def _die_with_parent() -> None:
 
 
 def open_backend(config: WorkerConfig):
-    from ..store.sqlite import SqliteStore, DB_FILE_NAME
-    import pathlib
-    store = SqliteStore(pathlib.Path(config.data_dir) / DB_FILE_NAME)
-    files = ResultFiles(pathlib.Path(config.data_dir) / "files")
+    from ..store import is_postgres, open_store
+    store = open_store(config.data_dir, config.database, migrate=not is_postgres(config.database))
+    files = ResultFiles(config.files_dir or pathlib.Path(config.data_dir) / "files")
     return store, files
 
 
@@ -106,7 +108,7 @@ def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
                     now = time.monotonic()
                     if now - last_report >= PROGRESS_EVERY_SECONDS:
                         last_report = now
-                        if not jobs.progress(claim, done, total):
+                        if not _report_progress(jobs, claim, done, total):
                             raise RunCancelled()
                 rows_written = writer.finish()
         size, sha256 = _digest(temp)
@@ -136,6 +138,16 @@ def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
             os.unlink(temp)
         except FileNotFoundError:
             pass
+
+
+def _report_progress(jobs: ExportJobs, claim: Claim, done: int, total: int) -> bool:
+    """False when the run is no longer current. A database hiccup is not the export's failure:
+    the next report retries (the heartbeat keeps the lease)."""
+    try:
+        return jobs.progress(claim, done, total)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("progress of %s not recorded (%s); continuing", claim.task.export_task_id, exc)
+        return True
 
 
 def _reason(exc: Exception) -> str:
@@ -194,9 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--lease-seconds", type=float, default=30.0)
+    parser.add_argument("--files-dir", default=None)
     args = parser.parse_args(argv)
-    worker_main(WorkerConfig(data_dir=args.data_dir, lease_seconds=args.lease_seconds), args.worker_id,
-                args.parent_pid)
+    # The database URL comes through the environment, never argv (ps would show its password).
+    worker_main(WorkerConfig(data_dir=args.data_dir, lease_seconds=args.lease_seconds,
+                             database=os.environ.get("IOTDA_EXPORT_DATABASE") or None, files_dir=args.files_dir),
+                args.worker_id, args.parent_pid)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pathlib
 import secrets
+import time
 
 from ..domain.validation import RECORD_ID
 
@@ -42,12 +43,21 @@ class ResultFiles:
         except FileNotFoundError:
             pass
 
-    def sweep(self, known_ids: set[str]) -> list[str]:
-        """Remove temporary files and files of tasks that no longer exist (after a crash)."""
+    def sweep(self, known_ids: set[str], temp_older_than: float = 0) -> list[str]:
+        """Remove temporary files (older than `temp_older_than` seconds: with shared files another
+        host's worker may be writing one) and files of tasks that no longer exist (after a crash)."""
         removed = []
+        cutoff = time.time() - temp_older_than
         for p in self.dir.iterdir():
             stem = p.name.split(".", 1)[0]
-            if p.name.endswith(TEMP_SUFFIX) or (p.suffix == ".zip" and stem not in known_ids):
-                p.unlink(missing_ok=True)
-                removed.append(p.name)
+            try:
+                if p.name.endswith(TEMP_SUFFIX):
+                    if temp_older_than and p.stat().st_mtime > cutoff:
+                        continue
+                elif not (p.suffix == ".zip" and stem not in known_ids):
+                    continue
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(p.name)
         return removed

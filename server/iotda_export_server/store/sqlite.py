@@ -408,10 +408,3 @@ class SqliteTx:
             "INSERT INTO download_limits VALUES (?, ?, ?, ?) ON CONFLICT (owner) DO UPDATE SET"
             " last_at = excluded.last_at, export_task_id = excluded.export_task_id,"
             " file_generation = excluded.file_generation", (owner, now, export_task_id, generation))
-
-
-def open_store(data_dir: str | os.PathLike) -> SqliteStore:
-    store = SqliteStore(pathlib.Path(data_dir) / DB_FILE_NAME)
-    store.migrate()
-    return store
-

@@ -98,8 +98,19 @@ def from_exception(exc: BaseException, request_id: str) -> e.DomainError:
     if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
         log.warning("database busy (request %s): %s", request_id, exc)
         return Unavailable("The service is busy; retry shortly.")
+    if _is_database_unavailable(exc):
+        log.warning("database unavailable (request %s): %s", request_id, exc)
+        return Unavailable("The database is unavailable; retry shortly.")
     log.exception("unexpected error (request %s)", request_id)
     return Internal(f"Internal error (request {request_id}).")
+
+
+def _is_database_unavailable(exc: BaseException) -> bool:
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(exc, (psycopg.OperationalError, psycopg.errors.AdminShutdown))
 
 
 async def abort(context: grpc.aio.ServicerContext, err: e.DomainError) -> None:
