@@ -189,6 +189,8 @@ class BatchService:
             if r.status not in rules.SUBTASK_STATUSES or r.status == "Waitting":
                 raise invalid(f"results[{i}].status", "must be one of Processing, Success, Fail, FailWaitRetry,"
                                                       " Stopped, Removed")
+            if "\x00" in r.output or "\x00" in r.error_code or "\x00" in r.error_msg:
+                raise invalid(f"results[{i}]", "output and error must not contain NUL characters")
             if len(r.output) > MAX_OUTPUT_CHARS:
                 raise invalid(f"results[{i}].output", f"must be at most {MAX_OUTPUT_CHARS} characters")
             if len(r.error_code) > MAX_ERROR_FIELD_CHARS or len(r.error_msg) > MAX_ERROR_FIELD_CHARS:

@@ -169,7 +169,7 @@ class ExportService:
             def check_condition():
                 try:
                     cond = json.loads(f.resource_condition)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: absurdly deep JSON
                     cond = None
                 if not isinstance(cond, dict) or set(cond) - {"task_id"} or not isinstance(cond.get("task_id", ""), str):
                     raise invalid("resource_condition", 'must be JSON text like {"task_id":"<batch task id>"}')
