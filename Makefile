@@ -7,7 +7,7 @@ DATA_DIR ?= ./data
 GRPC_ADDR ?= 127.0.0.1:50051
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test venv protos check-protos lint clean
+.PHONY: run test fuzz venv protos check-protos lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(STAMP)
 ## Everything CI checks: stubs fresh, protos lint-clean, every test.
 test: $(STAMP) check-protos lint
 	$(BIN)/python -m pytest
+
+## The hostile-input tests with many more examples (minutes, not seconds).
+fuzz: $(STAMP)
+	IOTDA_FUZZ_PROFILE=long $(BIN)/python -m pytest -q tests/test_hostile_input.py
 
 ## Regenerate the Python stubs from protos/ (commit the result).
 protos: $(STAMP)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from iotda.export.v1 import batch_task_pb2, batch_task_pb2_grpc, export_task_pb2, export_task_pb2_grpc
+from iotda.export.v1 import batch_task_pb2, export_task_pb2
+
+from ..domain.errors import BadRequestFormat
+from . import errors
 
 from .servicers import BatchTaskServicer, ExportTaskServicer
 
@@ -53,13 +58,44 @@ class MethodAwarePool:
             return service.file
 
 
+async def _parse(raw: bytes, request_class, context: grpc.aio.ServicerContext):
+    try:
+        return request_class.FromString(raw)
+    except DecodeError:
+        await errors.abort(context, BadRequestFormat(
+            f"The request is not a valid {request_class.DESCRIPTOR.full_name} message."))
+
+
+def service_handler(service: ServiceDescriptor, servicer) -> grpc.GenericRpcHandler:
+    """The servicer's methods, taking requests as bytes and parsing them here: a message that does
+    not decode (bad wire format, invalid UTF-8) is INVALID_ARGUMENT, not the UNKNOWN grpcio gives
+    when its own deserializer raises."""
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        serializer = message_factory.GetMessageClass(method.output_type).SerializeToString
+        behavior = getattr(servicer, method.name)
+        if method.server_streaming:
+            async def stream(raw, context, behavior=behavior, request_class=request_class):
+                request = await _parse(raw, request_class, context)
+                async for item in behavior(request, context):
+                    yield item
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(stream, response_serializer=serializer)
+        else:
+            async def unary(raw, context, behavior=behavior, request_class=request_class):
+                return await behavior(await _parse(raw, request_class, context), context)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(unary, response_serializer=serializer)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
 def create_server(address: str, exports_servicer: ExportTaskServicer,
                   batches_servicer: BatchTaskServicer) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Builds the server (inside the running event loop) and binds `address`; port 0 picks one.
     Returns (server, bound port, health servicer)."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    export_task_pb2_grpc.add_ExportTaskServiceServicer_to_server(exports_servicer, server)
-    batch_task_pb2_grpc.add_BatchTaskServiceServicer_to_server(batches_servicer, server)
+    server.add_generic_rpc_handlers((
+        service_handler(export_task_pb2.DESCRIPTOR.services_by_name["ExportTaskService"], exports_servicer),
+        service_handler(batch_task_pb2.DESCRIPTOR.services_by_name["BatchTaskService"], batches_servicer)))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
