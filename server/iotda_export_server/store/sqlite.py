@@ -75,16 +75,9 @@ class SqliteStore:
         """A write transaction. `lock_key` (e.g. the user) is what PostgreSQL locks; SQLite's
         IMMEDIATE lock already serialises all writers."""
         conn = self._conn()
-        for attempt in range(50):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as e:  # busy beyond busy_timeout: keep waiting
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        else:
-            raise sqlite3.OperationalError("database stayed locked")
+        # Waits up to BUSY_TIMEOUT_MS for another writer (sqlite's busy handler), then raises
+        # "database is locked", which the transport answers as UNAVAILABLE (retry).
+        conn.execute("BEGIN IMMEDIATE")
         try:
             yield SqliteTx(conn)
         except BaseException:
