@@ -118,3 +118,137 @@ def seed(server):
 
 
 os.environ.setdefault("IOTDA_EXPORT_LOG_LEVEL", "WARNING")
+
+
+# -- appended: helpers and fixtures of the rule, validation, auth and batch-task suites -------------
+
+import contextlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from google.rpc import error_details_pb2  # noqa: E402
+from grpc_status import rpc_status  # noqa: E402
+
+
+@dataclass
+class RpcFailure:
+    """A refused call, unpacked: the gRPC code and the google.rpc.Status details."""
+
+    code: grpc.StatusCode
+    message: str
+    error_info: error_details_pb2.ErrorInfo | None
+    bad_request: error_details_pb2.BadRequest | None
+    quota_failure: error_details_pb2.QuotaFailure | None
+    retry_info: error_details_pb2.RetryInfo | None
+    precondition: error_details_pb2.PreconditionFailure | None
+    resource_info: error_details_pb2.ResourceInfo | None
+
+    @property
+    def error_code(self) -> str | None:
+        return None if self.error_info is None else self.error_info.metadata.get("error_code")
+
+    @property
+    def fields(self) -> list[str]:
+        return [] if self.bad_request is None else [v.field for v in self.bad_request.field_violations]
+
+
+def rpc_failure(err: grpc.RpcError) -> RpcFailure:
+    status = rpc_status.from_call(err)
+    found: dict[str, object] = {}
+    kinds = {"error_info": error_details_pb2.ErrorInfo, "bad_request": error_details_pb2.BadRequest,
+             "quota_failure": error_details_pb2.QuotaFailure, "retry_info": error_details_pb2.RetryInfo,
+             "precondition": error_details_pb2.PreconditionFailure,
+             "resource_info": error_details_pb2.ResourceInfo}
+    for detail in (status.details if status is not None else ()):
+        for name, cls in kinds.items():
+            if detail.Is(cls.DESCRIPTOR):
+                msg = cls()
+                detail.Unpack(msg)
+                found[name] = msg
+    if status is not None:
+        assert status.code == err.code().value[0], "the rich status disagrees with the call's code"
+    return RpcFailure(code=err.code(), message=err.details() or "", **{k: found.get(k) for k in kinds})
+
+
+def refused(fn, code: grpc.StatusCode | None = None) -> RpcFailure:
+    """Runs fn (which calls an RPC; streams are consumed), expects a refusal, returns it unpacked."""
+    try:
+        result = fn()
+        if hasattr(result, "__next__"):
+            list(result)
+    except grpc.RpcError as err:
+        failure = rpc_failure(err)
+        if code is not None:
+            assert failure.code == code, f"expected {code.name}, got {failure.code.name}: {failure.message}"
+        return failure
+    raise AssertionError("the call was expected to be refused but succeeded")
+
+
+def invalid_argument(fn, field: str, error_code: str = "IOTDA.000006") -> RpcFailure:
+    """Expects INVALID_ARGUMENT whose BadRequest names `field` and whose ErrorInfo holds error_code."""
+    f = refused(fn, grpc.StatusCode.INVALID_ARGUMENT)
+    assert f.error_code == error_code, (f.error_code, f.message)
+    assert field in f.fields, (field, f.fields, f.message)
+    return f
+
+
+def store_snapshot(server: ServerThread, project_id: str) -> dict:
+    """Everything the store holds for one project: rows of export tasks, batch tasks and sub-tasks, the
+    download limits and recorded request ids (to show that a refused call changed nothing)."""
+    c = server.store.reader().c
+
+    def rows(q, args=()):
+        return [tuple(r) for r in c.execute(q, args).fetchall()]
+
+    return {
+        "export_tasks": rows("SELECT * FROM export_tasks WHERE project_id = ? ORDER BY export_task_id",
+                             (project_id,)),
+        "batch_tasks": rows("SELECT * FROM batch_tasks WHERE project_id = ? ORDER BY task_id", (project_id,)),
+        "subtasks": rows("SELECT s.* FROM subtasks s JOIN batch_tasks b USING (task_id)"
+                         " WHERE b.project_id = ? ORDER BY s.id", (project_id,)),
+        "requests": rows("SELECT * FROM export_requests ORDER BY owner, request_id"),
+        "downloads": rows("SELECT * FROM download_limits ORDER BY owner"),
+    }
+
+
+@pytest.fixture(scope="module")
+def idle_server(tmp_path_factory):
+    """A server without workers: exports stay Processing (deterministic unfinished quotas)."""
+    s = ServerThread(tmp_path_factory.mktemp("idle"), workers=0)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def idle_channel(idle_server):
+    with grpc.insecure_channel(idle_server.address) as ch:
+        yield ch
+
+
+@pytest.fixture
+def manual_server(tmp_path):
+    """A server of this test alone, without workers: exports run only when the test starts a worker
+    process (worker_process), so every step of an export's life happens when the test says."""
+    s = ServerThread(tmp_path / "manual", workers=0)
+    with grpc.insecure_channel(s.address) as ch:
+        s.channel = ch
+        yield s
+    s.stop()
+
+
+@contextlib.contextmanager
+def worker_process(server: ServerThread):
+    """A real export worker process (the one the supervisor spawns) on the server's data directory,
+    stopped with SIGTERM on exit."""
+    p = subprocess.Popen([sys.executable, "-m", "iotda_export_server.runner.worker", "--data-dir",
+                          server.data_dir, "--worker-id", f"test-worker-{secrets.token_hex(3)}",
+                          "--parent-pid", str(os.getpid())], stdin=subprocess.DEVNULL)
+    try:
+        yield p
+    finally:
+        p.terminate()
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)

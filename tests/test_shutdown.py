@@ -41,10 +41,10 @@ def start_serve(data_dir) -> tuple[subprocess.Popen, str]:
 
 def test_sigterm_ends_watches_with_unavailable_and_keeps_the_export_resumable(tmp_path):
     proc, address = start_serve(tmp_path)
-    creds = json.loads((tmp_path / "credentials.json").read_text())
-    md = (("authorization", f"Bearer {creds['token']}"),)
-    task_id = seed(tmp_path, 150_000)
     try:
+        creds = json.loads((tmp_path / "credentials.json").read_text())
+        md = (("authorization", f"Bearer {creds['token']}"),)
+        task_id = seed(tmp_path, 150_000)
         with grpc.insecure_channel(address) as channel:
             stub = epb_grpc.ExportTaskServiceStub(channel)
             created = stub.CreateExportTask(epb.CreateExportTaskRequest(

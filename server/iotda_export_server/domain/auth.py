@@ -36,8 +36,8 @@ ACTIONS = {
 }
 ALL_ACTIONS = ("iotda:exporttasks:*", "iotda:batchtasks:*")
 DEFAULT_ENTERPRISE_PROJECT = "0"  # the platform's default enterprise project
-USER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
-ACTION = re.compile(r"^(\*|iotda:[A-Za-z*]+:[A-Za-z*]+)$")
+USER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
+ACTION = re.compile(r"^(\*|iotda:[A-Za-z*]+:[A-Za-z*]+)\Z")
 
 
 def token_hash(token: str) -> str:

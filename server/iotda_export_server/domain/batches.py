@@ -102,7 +102,9 @@ class BatchService:
             or _raise(invalid("task_mode", "is only for firmwareUpgrade and softwareUpgrade")),
             lambda: not r.need_confirm or upgrade
             or _raise(invalid("need_confirm", "is only for firmware, software and module upgrades")),
-            lambda: r.task_ext_info is None or len(json.dumps(r.task_ext_info)) <= MAX_TASK_EXT_INFO_CHARS
+            # Characters of the JSON text, not of its \uXXXX escapes (ensure_ascii would count a CJK character 6 times).
+            lambda: r.task_ext_info is None
+            or len(json.dumps(r.task_ext_info, ensure_ascii=False)) <= MAX_TASK_EXT_INFO_CHARS
             or _raise(invalid("task_ext_info", f"must be at most {MAX_TASK_EXT_INFO_CHARS} characters")),
             lambda: _check_targets(r.targets),
             lambda: _check_filter(r.targets_filter),

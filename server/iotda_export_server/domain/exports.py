@@ -220,11 +220,13 @@ class ExportService:
 
     def admit_download(self, caller: Caller, export_task_id: str, offset: int, limit: int) -> Download:
         """Checks the task, its file and the user's download rate; counts the download."""
-        validation.export_task_id(export_task_id)
-        if offset < 0:
-            raise OutOfRange("offset", "must not be negative")
-        if limit < 0:
-            raise OutOfRange("limit", "must not be negative")
+        # A negative offset or limit is invalid whatever the file (INVALID_ARGUMENT); only an offset past
+        # the end of this file is OUT_OF_RANGE (gRPC's own example of the difference).
+        validation.collect(
+            lambda: validation.export_task_id(export_task_id),
+            lambda: offset >= 0 or _raise(invalid("offset", "must not be negative")),
+            lambda: limit >= 0 or _raise(invalid("limit", "must not be negative")),
+        )
         owner = caller.owner
         with self.store.transaction(lock_key=owner) as tx:
             task = tx.export_task(export_task_id)

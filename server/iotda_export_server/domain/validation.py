@@ -7,17 +7,18 @@ import re
 from . import rules
 from .errors import FieldViolation, InvalidArgument, LimitOutOfRange, invalid
 
-APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
-INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
-PROJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-BATCH_TASK_ID = re.compile(r"^[0-9a-f]{1,24}$")
-RECORD_ID = re.compile(r"^[0-9a-f]{24}$")
+# \Z, not $: "$" also matches before a trailing newline ("abc\n" would pass).
+APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}\Z")
+INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}\Z")
+PROJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+BATCH_TASK_ID = re.compile(r"^[0-9a-f]{1,24}\Z")
+RECORD_ID = re.compile(r"^[0-9a-f]{24}\Z")
 # Export-task IDs in paths: the delete page allows up to 36 of [A-Za-z0-9_-]; ours are 24 hex.
-EXPORT_TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-FILE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-TASK_NAME = re.compile(r"^[A-Za-z0-9_\u4e00-\u9fff]{1,128}$")
+EXPORT_TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}\Z")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+FILE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+TASK_NAME = re.compile(r"^[A-Za-z0-9_\u4e00-\u9fff]{1,128}\Z")
 
 
 def require(value: str, field_name: str) -> str:

@@ -329,7 +329,7 @@ class Gateway:
         self.channel = grpc.aio.insecure_channel(self.grpc_target, options=[
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes)])
-        app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"max_field_size": 16384})
+        app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"max_field_size": 16384, "max_line_size": 65536})
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()

@@ -59,7 +59,12 @@ def _struct(d: dict | None) -> struct_pb2.Struct | None:
 
 
 def _dict(msg, name: str) -> dict | None:
-    return json_format.MessageToDict(getattr(msg, name)) if msg.HasField(name) else None
+    if not msg.HasField(name):
+        return None
+    try:
+        return json_format.MessageToDict(getattr(msg, name))
+    except (ValueError, TypeError) as exc:  # a Struct holding NaN/Infinity cannot be rendered back
+        raise invalid(name, f"is not valid JSON: {exc}") from None
 
 
 def batch_task(t: BatchTask, with_targets: bool = True) -> bpb.BatchTask:
@@ -91,14 +96,11 @@ def create_batch_request(r: bpb.CreateBatchTaskRequest) -> CreateBatchRequest:
     if r.HasField("task_policy"):
         policy = {"schedule_time": r.task_policy.schedule_time, "retry_count": r.task_policy.retry_count,
                   "retry_interval": r.task_policy.retry_interval}
-    try:
-        return CreateBatchRequest(
-            app_id=r.app_id, task_name=r.task_name, task_type=r.task_type, task_mode=r.task_mode,
-            need_confirm=r.need_confirm, task_ext_info=_dict(r, "task_ext_info"), targets=list(r.targets),
-            targets_filter=_dict(r, "targets_filter"), document=_dict(r, "document"), task_policy=policy,
-            document_source=r.document_source)
-    except (ValueError, TypeError) as exc:  # a Struct holding NaN/Infinity cannot be rendered back
-        raise invalid("document", f"is not valid JSON: {exc}") from None
+    return CreateBatchRequest(
+        app_id=r.app_id, task_name=r.task_name, task_type=r.task_type, task_mode=r.task_mode,
+        need_confirm=r.need_confirm, task_ext_info=_dict(r, "task_ext_info"), targets=list(r.targets),
+        targets_filter=_dict(r, "targets_filter"), document=_dict(r, "document"), task_policy=policy,
+        document_source=r.document_source)
 
 
 def subtask_results(r: bpb.RecordSubtaskResultsRequest) -> list[SubtaskResult]:
