@@ -424,11 +424,20 @@ def test_download_is_limited_to_one_per_30_seconds_but_a_resume_is_admitted(user
     assert refused(lambda: download(user, b.export_task_id, offset=10),
                    Code.RESOURCE_EXHAUSTED).error_code == "IOTDA.018003"
 
-    # Resuming the last download (offset > 0, same file) is admitted and does not count again.
+    # Resuming the last download (offset > 0, same file) is admitted and does not count again --
+    # each resume from further on, at most DOWNLOAD_FREE_RESUMES times.
     chunks, tail = download(user, a.export_task_id, offset=100)
     assert tail == data[100:] and chunks[0].offset == 100
-    _, piece = download(user, a.export_task_id, offset=5, limit=10)
-    assert piece == data[5:15]
+    assert refused(lambda: download(user, a.export_task_id, offset=100),  # not further on: a re-download
+                   Code.RESOURCE_EXHAUSTED).error_code == "IOTDA.018003"
+    assert refused(lambda: download(user, a.export_task_id, offset=5), Code.RESOURCE_EXHAUSTED)
+    _, piece = download(user, a.export_task_id, offset=105, limit=10)
+    assert piece == data[105:115]
+    _, tail = download(user, a.export_task_id, offset=200)
+    assert tail == data[200:]
+    assert rules.DOWNLOAD_FREE_RESUMES == 3
+    assert refused(lambda: download(user, a.export_task_id, offset=300),  # a 4th resume counts again
+                   Code.RESOURCE_EXHAUSTED).error_code == "IOTDA.018003"
 
     f = refused(lambda: download(user, a.export_task_id, offset=len(data) + 1), Code.OUT_OF_RANGE)
     assert "offset" in f.fields

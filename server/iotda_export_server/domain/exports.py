@@ -101,6 +101,8 @@ class ExportService:
             if r.request_id:
                 known = tx.request_task_id(owner, r.request_id)
                 if known is not None and (task := tx.export_task(known)) is not None:
+                    if task.conditions_key != conditions_key:
+                        raise invalid("request_id", "was already used by a create with other conditions")
                     return task  # a retried create: the first call's result, nothing run again
             batch = tx.batch_task(caller.project_id, caller.instance_id, r.task_id, with_progress=False)
             if batch is None or (app_id is not None and batch.app_id != app_id):
@@ -241,18 +243,28 @@ class ExportService:
                 raise OutOfRange("offset", f"is past the end of the file ({task.file_size} bytes)")
             now = self.clock()
             last = tx.download_limit(owner)
-            resuming = (offset > 0 and last is not None and last[1] == export_task_id
-                        and last[2] == task.file_generation)
+            resuming = (offset > 0 and last is not None and last.export_task_id == export_task_id
+                        and last.file_generation == task.file_generation and offset > last.resume_offset
+                        and last.resumes < rules.DOWNLOAD_FREE_RESUMES
+                        and now - last.last_at < rules.DOWNLOAD_RESUME_WINDOW_SECONDS * 1000)
             interval_ms = int(rules.DOWNLOAD_INTERVAL_SECONDS * 1000)
-            if last is not None and not resuming and now - last[0] < interval_ms:
-                wait = (last[0] + interval_ms - now) / 1000
+            if last is not None and not resuming and now - last.last_at < interval_ms:
+                wait = (last.last_at + interval_ms - now) / 1000
                 raise RateLimited(
                     f"Downloads are limited to one every {rules.DOWNLOAD_INTERVAL_SECONDS:.0f} seconds per user;"
                     f" retry in {wait:.1f} s.", quota_id="downloads-per-user-per-30s", subject=f"user:{owner}",
                     retry_after=wait, error_code=Codes.DOWNLOAD_RATE_LIMIT)
-            f = open(self.files.path(export_task_id), "rb")
             try:
-                if not resuming:
+                f = open(self.files.path(export_task_id), "rb")
+            except FileNotFoundError:  # removed behind the service's back (a lost volume, by hand)
+                raise FailedPrecondition(
+                    f"The file of export task {export_task_id} is missing; create the task again to re-run it.",
+                    subject=f"export-task:{export_task_id}", violation_type="FILE_MISSING",
+                    error_code=Codes.EXPORT_FILE_NOT_READY) from None
+            try:
+                if resuming:
+                    tx.record_resume(owner, offset)
+                else:
                     tx.set_download_limit(owner, now, export_task_id, task.file_generation)
             except BaseException:
                 f.close()

@@ -12,6 +12,11 @@ MAX_EXPORT_TASKS_PER_USER = 50
 MAX_UNFINISHED_EXPORT_TASKS_PER_USER = 5
 # Per user ("File downloads are limited to one request every 30 seconds per user.")
 DOWNLOAD_INTERVAL_SECONDS = 30.0
+# Resuming the last counted download (offset > 0, same file) does not count again, but only a few
+# times, each from further on, within a while: an interrupted transfer can finish, a loop cannot
+# fetch the file over and over.
+DOWNLOAD_FREE_RESUMES = 3
+DOWNLOAD_RESUME_WINDOW_SECONDS = 600.0
 
 # Export-task statuses (the platform spells the failure "Failed", unlike batch tasks' "Fail").
 STATUS_PROCESSING = "Processing"

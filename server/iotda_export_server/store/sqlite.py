@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..domain.model import BatchTask, ExportTask, Principal, Subtask, TaskProgress
 
@@ -144,6 +144,16 @@ def _split_sql(sql: str) -> list[str]:
     if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
         raise SchemaError("a migration ends with an incomplete statement")
     return statements
+
+
+class DownloadMark(NamedTuple):
+    """The user's last counted download, and the free resumes of it so far."""
+
+    last_at: int
+    export_task_id: str
+    file_generation: int
+    resume_offset: int
+    resumes: int
 
 
 EXPORT_COLUMNS = (
@@ -391,13 +401,20 @@ class SqliteTx:
 
     # -- download rate ---------------------------------------------------------------------------
 
-    def download_limit(self, owner: str) -> tuple[int, str, int] | None:
-        row = self.c.execute("SELECT last_at, export_task_id, file_generation FROM download_limits WHERE owner = ?",
-                             (owner,)).fetchone()
-        return None if row is None else (row[0], row[1], row[2])
+    def download_limit(self, owner: str) -> DownloadMark | None:
+        row = self.c.execute(
+            "SELECT last_at, export_task_id, file_generation, resume_offset, resumes FROM download_limits"
+            " WHERE owner = ?", (owner,)).fetchone()
+        return None if row is None else DownloadMark(*row)
 
     def set_download_limit(self, owner: str, now: int, export_task_id: str, generation: int) -> None:
+        """Counts a download: the user's 30 s window starts now."""
         self.c.execute(
-            "INSERT INTO download_limits VALUES (?, ?, ?, ?) ON CONFLICT (owner) DO UPDATE SET"
-            " last_at = excluded.last_at, export_task_id = excluded.export_task_id,"
-            " file_generation = excluded.file_generation", (owner, now, export_task_id, generation))
+            "INSERT INTO download_limits (owner, last_at, export_task_id, file_generation, resume_offset, resumes)"
+            " VALUES (?, ?, ?, ?, 0, 0) ON CONFLICT (owner) DO UPDATE SET last_at = excluded.last_at,"
+            " export_task_id = excluded.export_task_id, file_generation = excluded.file_generation,"
+            " resume_offset = 0, resumes = 0", (owner, now, export_task_id, generation))
+
+    def record_resume(self, owner: str, offset: int) -> None:
+        self.c.execute("UPDATE download_limits SET resume_offset = ?, resumes = resumes + 1 WHERE owner = ?",
+                       (offset, owner))
