@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ log = logging.getLogger("iotda_export.store.postgres")
 MIGRATIONS_DIR = pathlib.Path(__file__).parent / "migrations" / "postgres"
 TASKS_CHANNEL = "iotda_export_tasks_v1"
 CONNECT_TIMEOUT_SECONDS = 5
+LISTEN_WAKE_SECONDS = 0.5
+LISTEN_CHECK_SECONDS = 5.0
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -111,7 +114,7 @@ class PgStore:
 
     def _conn(self) -> psycopg.Connection:
         conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.broken:
+        if conn is None or not _alive(conn):
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.close()
@@ -180,6 +183,25 @@ class PgStore:
         return current
 
 
+def _alive(conn: psycopg.Connection) -> bool:
+    """False when the server has closed this idle connection (a database restart, a terminated
+    backend): found without a round trip, by reading what is waiting on its socket (the server's
+    farewell message, then the end of the stream). Without it every thread's connection would fail
+    one call after a restart before being replaced."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        for _ in range(3):
+            if not poller.poll(0):
+                return True
+            conn.pgconn.consume_input()  # raises at the end of the stream
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    return not conn.broken
+
+
 class Listener:
     """One LISTEN connection per process: calls `on_notify(export_task_id)` for every change,
     re-established after the database restarts. Notifications are hints; pollers cover gaps."""
@@ -214,11 +236,15 @@ class Listener:
                     conn.execute(f"LISTEN {self.channel}")
                     self.connected.set()
                     backoff = 0.5
+                    checked = time.monotonic()
                     while not self._stop.is_set():
-                        # A timeout lets the loop notice stop requests and proves the link alive.
-                        for n in conn.notifies(timeout=5.0):
+                        # A short wait lets the loop notice a stop request at once (cancel_safe does
+                        # not interrupt a wait for notifications); a closed link ends the wait itself.
+                        for n in conn.notifies(timeout=LISTEN_WAKE_SECONDS):
                             self.on_notify(n.payload)
-                        conn.execute("SELECT 1")
+                        if time.monotonic() - checked >= LISTEN_CHECK_SECONDS:  # prove the link alive
+                            conn.execute("SELECT 1")
+                            checked = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - the database went away: reconnect
                 self.connected.clear()
                 if self._stop.is_set():

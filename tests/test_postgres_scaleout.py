@@ -1,0 +1,412 @@
+"""Scale-out on PostgreSQL (issue 4), with real processes only: two API replicas (`serve --workers 0`)
+and two `iotda-export worker` processes on one database of their own on the machine's PostgreSQL,
+sharing one --files-dir. PostgreSQL missing is a failure, never a skip (pg_support.TestDatabase).
+
+The tests run in file order on one module-scoped fleet: the quota storm needs no worker alive (its
+exports must stay Processing), so the workers start with the first test that needs them; the
+PostgreSQL restart comes last, once. Leases are 3 s so a takeover is quick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pathlib
+import subprocess
+import threading
+import time
+import zipfile
+
+import grpc
+import pytest
+
+import pg_support as ps
+from conftest import wait_for
+from iotda_export_client import ExportApiError, ExportClient
+from iotda_export_server.app import CREDENTIALS_FILE
+from iotda_export_server.domain.batches import seed_batch_task
+from iotda_export_server.store import open_store
+
+LEASE_SECONDS = 3
+BIG_SUBTASKS = 150_000  # 2-8 s of export on this shared machine: long enough to watch, kill, restart
+PROJECT = "scaleout-project"
+
+
+class Fleet:
+    """Every process the module starts, stopped (whole process groups) at teardown."""
+
+    def __init__(self, db: ps.TestDatabase, root: pathlib.Path):
+        self.db, self.root = db, root
+        self.files_dir = root / "files"  # shared by all replicas and workers
+        self.procs: list[ps.Proc] = []
+        self.addresses: dict[str, str] = {}
+        self.workers: list[ps.Proc] = []
+        self.big_seed: subprocess.Popen | None = None
+        self._big_task_id: str | None = None
+        self.state: dict = {}
+        self._store = None
+
+    def serve(self, name: str) -> ps.Proc:
+        p = ps.serve(name, self.root, self.db.url, self.root / name, self.files_dir, workers=0,
+                     lease_seconds=LEASE_SECONDS)
+        self.procs.append(p)
+        return p
+
+    def worker(self, name: str) -> ps.Proc:
+        p = ps.worker(name, self.root, self.db.url, self.root / name, self.files_dir, workers=1,
+                      lease_seconds=LEASE_SECONDS)
+        self.procs.append(p)
+        p.wait_line("worker running 1 export processes")
+        wait_for(lambda: p.children(), timeout=10, what=f"{name}'s export process")
+        return p
+
+    def start_workers(self) -> list[ps.Proc]:
+        if not self.workers:
+            self.workers = [self.worker("worker-1"), self.worker("worker-2")]
+        return self.workers
+
+    def user(self, name: str) -> dict:
+        out = ps.run_cli("principal", "add", "--database", self.db.url, "--user", name, "--project", PROJECT,
+                         "--json").stdout
+        return json.loads(out)
+
+    def client(self, creds: dict, replica: str) -> ExportClient:
+        return ExportClient(self.addresses[replica], creds["token"], creds["project_id"], timeout=20)
+
+    def small_task(self, subtasks: int) -> str:
+        """A batch task through the server's own seeding code on the real database (the CLI's `seed`
+        costs an interpreter start each; the big task goes through the CLI)."""
+        if self._store is None:
+            self._store = open_store(self.root / "seeder", self.db.url, migrate=False)
+        return seed_batch_task(self._store, PROJECT, "", subtasks, seed=subtasks)
+
+    def big_task(self) -> str:
+        """The big batch task, seeded by `iotda-export seed` in the background from the start."""
+        if self._big_task_id is None:
+            out, err = self.big_seed.communicate(timeout=90)
+            assert self.big_seed.returncode == 0, f"seed failed: {out}\n{err}"
+            self._big_task_id = json.loads(out)["task_id"]
+        return self._big_task_id
+
+    def task_row(self, export_task_id: str) -> dict:
+        rows = self.db.query("SELECT status, progress, run_state, attempts, worker_id, export_count, file_sha256,"
+                             " end_time FROM export_tasks WHERE export_task_id = %s", (export_task_id,))
+        assert rows, f"export task {export_task_id} is not in the database"
+        keys = ("status", "progress", "run_state", "attempts", "worker_id", "export_count", "file_sha256", "end_time")
+        return dict(zip(keys, rows[0]))
+
+    def stop(self) -> list[str]:
+        """Stops everything (SIGTERM, then SIGKILL); returns the processes that did not stop cleanly."""
+        if self.big_seed is not None and self.big_seed.poll() is None:
+            self.big_seed.kill()
+            self.big_seed.wait(10)
+        problems = [problem for p in self.procs if (problem := p.stop(timeout=10))]
+        if self._store is not None:
+            self._store.close()
+        return problems
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scaleout")
+    db = ps.TestDatabase().create()
+    f = Fleet(db, root)
+    try:
+        ps.run_cli("migrate", "--database", db.url)
+        # The big batch task takes seconds to load: start it now, in parallel with the first tests.
+        f.big_seed = subprocess.Popen(
+            [*ps.CLI, "seed", "--database", db.url, "--data-dir", str(root / "seeder"), "--subtasks",
+             str(BIG_SUBTASKS), "--project", PROJECT, "--json"],
+            env=ps.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Two API replicas started at the same moment on the empty database (no principal yet).
+        replicas = [f.serve("replica-a"), f.serve("replica-b")]
+        for name, p in zip("ab", replicas):
+            f.addresses[name] = p.wait_line(ps.LISTENING).group(1)
+        yield f
+    finally:
+        problems = f.stop()
+        db.drop()
+    # Replicas and workers stop cleanly on SIGTERM (the workers hand their exports back).
+    assert not problems, problems
+
+
+def _inner_xls_sha256(path: pathlib.Path) -> str:
+    with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as z:
+        (name,) = z.namelist()
+        return hashlib.sha256(z.read(name)).hexdigest()
+
+
+def _file_sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _wait_final(client: ExportClient, export_task_id: str, timeout: float = 60):
+    final = client.wait(export_task_id, timeout=timeout)
+    assert final is not None and final.status in ("Success", "Failed"), final
+    return final
+
+
+def _undisturbed(fleet: Fleet) -> tuple[str, pathlib.Path]:
+    """An export of the big batch task that nothing disturbed (the watch test's, or a new one)."""
+    if "undisturbed" not in fleet.state:
+        fleet.start_workers()
+        creds = fleet.user("calm")
+        with fleet.client(creds, "a") as c:
+            task = c.create_export(fleet.big_task())
+            final = _wait_final(c, task.export_task_id)
+        assert final.status == "Success", final
+        fleet.state["undisturbed"] = (task.export_task_id, fleet.files_dir / f"{task.export_task_id}.zip")
+    return fleet.state["undisturbed"]
+
+
+# -- 1 ---------------------------------------------------------------------------------------------
+
+def test_bootstrap_once_and_principals_shared(fleet):
+    creds_files = [fleet.root / name / CREDENTIALS_FILE for name in ("replica-a", "replica-b")]
+    present = [p for p in creds_files if p.exists()]
+    assert len(present) == 1, f"credentials.json in {present}: exactly one replica must bootstrap"
+    assert fleet.db.scalar("SELECT count(*) FROM principals WHERE \"user\" = 'admin'") == 1
+    admin = json.loads(present[0].read_text())
+    for replica in ("a", "b"):  # the token works on the replica that did not create it too
+        with fleet.client(admin, replica) as c:
+            assert c.list_exports().page.count == 0
+    # A principal added later is known at once to both replicas (no cache to refresh).
+    creds = fleet.user("late-comer")
+    for replica in ("a", "b"):
+        with fleet.client(creds, replica) as c:
+            c.list_exports()
+
+
+# -- 2 ---------------------------------------------------------------------------------------------
+
+def _storm(calls: list) -> tuple[list, list]:
+    """Runs the calls at the same moment (threads released by a barrier); (results, errors)."""
+    barrier = threading.Barrier(len(calls))
+    results, errors = [], []
+    lock = threading.Lock()
+
+    def run(call):
+        barrier.wait(10)
+        try:
+            r = call()
+            with lock:
+                results.append(r)
+        except ExportApiError as e:
+            with lock:
+                errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a create call hung"
+    return results, errors
+
+
+def test_quota_storm_across_replicas_admits_exactly_five(fleet):
+    assert not fleet.workers, "the storm needs its exports to stay Processing: no worker may run yet"
+    creds = fleet.user("stormy")
+    tasks = [fleet.small_task(3) for _ in range(20)]
+    clients = {r: fleet.client(creds, r) for r in ("a", "b")}
+    try:
+        results, errors = _storm([lambda t=t, i=i: clients["ab"[i % 2]].create_export(t)
+                                  for i, t in enumerate(tasks)])
+        assert len(results) == 5, f"{len(results)} creates admitted, errors: {errors[:3]}"
+        assert len(errors) == 15
+        for e in errors:
+            assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and e.error_code == "IOTDA.018002", repr(e)
+        assert {r.status for r in results} == {"Processing"}
+        assert fleet.db.scalar("SELECT count(*) FROM export_tasks WHERE owner = %s", ("stormy",)) == 5
+
+        # The same conditions from both replicas at once: one task (the unique index, under the lock).
+        twin = fleet.user("twin")
+        same = fleet.small_task(3)
+        twin_clients = [fleet.client(twin, r) for r in ("a", "b")]
+        try:
+            results, errors = _storm([lambda i=i: twin_clients[i % 2].create_export(same) for i in range(10)])
+            assert not errors, errors
+            assert len({r.export_task_id for r in results}) == 1, {r.export_task_id for r in results}
+            assert fleet.db.scalar("SELECT count(*) FROM export_tasks WHERE owner = %s", ("twin",)) == 1
+            twin_clients[0].cancel_export(results[0].export_task_id)
+        finally:
+            for c in twin_clients:
+                c.close()
+        # Cancelled, so that the workers started later do not spend time on them.
+        for r in fleet.db.query("SELECT export_task_id FROM export_tasks WHERE owner = %s", ("stormy",)):
+            assert clients["b"].cancel_export(r[0]).status == "Failed"
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+# -- 3 ---------------------------------------------------------------------------------------------
+
+def test_download_limit_across_replicas(fleet, tmp_path):
+    fleet.start_workers()
+    creds = fleet.user("downloader")
+    task_id = fleet.small_task(500)
+    with fleet.client(creds, "a") as a, fleet.client(creds, "b") as b:
+        export = a.create_export(task_id)
+        final = _wait_final(b, export.export_task_id)
+        assert (final.status, final.export_count) == ("Success", 500), final
+        path = a.download(export.export_task_id, tmp_path / "via-a.zip")
+        assert _file_sha256(pathlib.Path(path)) == fleet.task_row(export.export_task_id)["file_sha256"]
+        with pytest.raises(ExportApiError) as refused:
+            b.download(export.export_task_id, tmp_path / "via-b.zip")
+        e = refused.value
+        assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and e.error_code == "IOTDA.018003", repr(e)
+        assert e.retry_after is not None and 0 < e.retry_after <= 30, repr(e)
+        assert not (tmp_path / "via-b.zip").exists()
+
+
+# -- 4 ---------------------------------------------------------------------------------------------
+
+def test_watch_on_a_follows_export_created_on_b_run_by_a_worker(fleet):
+    fleet.start_workers()
+    creds = fleet.user("watcher")
+    big = fleet.big_task()
+    with fleet.client(creds, "a") as a, fleet.client(creds, "b") as b:
+        export = b.create_export(big)
+        events = []  # (arrival time in ms since the epoch, task)
+        for ev in a.watch(export.export_task_id, timeout=90):
+            events.append((time.time() * 1000, ev.export_task))
+    tasks = [t for _, t in events]
+    progress = [t.progress for t in tasks]
+    assert progress == sorted(progress), progress
+    final = tasks[-1]
+    assert (final.status, final.progress, final.export_count) == ("Success", 100, BIG_SUBTASKS), final
+    end_ms = fleet.task_row(export.export_task_id)["end_time"]
+    # Progress reached the watcher while the export ran, not only at its end: several distinct
+    # percentages, the first well before the end.
+    during = [at for at, t in events if t.status == "Processing" and 1 < t.progress < 100 and at < end_ms]
+    assert len(during) >= 3 and end_ms - min(during) > 500, \
+        f"progress did not arrive while the export ran: {[(round(at - end_ms), t.progress) for at, t in events]}"
+    lag_ms = events[-1][0] - end_ms
+    assert lag_ms < 2000, f"Success reached replica A's watcher {lag_ms:.0f} ms after it happened"
+    print(f"\nwatch: {len(events)} events, {len(during)} while running, over {end_ms - min(during):.0f} ms;"
+          f" Success seen {lag_ms:.0f} ms after it")
+    fleet.state["undisturbed"] = (export.export_task_id, fleet.files_dir / f"{export.export_task_id}.zip")
+
+
+# -- 5 ---------------------------------------------------------------------------------------------
+
+def test_killed_worker_is_taken_over_within_the_lease(fleet):
+    workers = fleet.start_workers()
+    _, calm_path = _undisturbed(fleet)
+    creds = fleet.user("unlucky")
+    with fleet.client(creds, "a") as a:
+        export = a.create_export(fleet.big_task())
+        row = wait_for(lambda: (r := fleet.task_row(export.export_task_id))["progress"] > 5 and r,
+                       timeout=30, interval=0.02, what="the export to pass 5 %")
+        assert row["run_state"] == "running" and row["attempts"] == 1, row
+        host, parent_pid, _ = row["worker_id"].split(":")
+        (victim,) = [w for w in workers if w.pid == int(parent_pid)]
+        (survivor,) = [w for w in workers if w is not victim]
+        children = victim.children()
+        victim.kill()  # SIGKILL to the whole group: the `worker` command and its export process
+        killed_at = time.monotonic()
+        row = wait_for(lambda: (r := fleet.task_row(export.export_task_id))["attempts"] == 2
+                       and r["run_state"] == "running" and r, timeout=LEASE_SECONDS + 10, interval=0.05,
+                       what="another worker to take the export over")
+        takeover = time.monotonic() - killed_at
+        assert row["worker_id"].split(":")[1] == str(survivor.pid), row
+        assert takeover < LEASE_SECONDS + 3, f"taken over after {takeover:.1f} s (lease {LEASE_SECONDS} s)"
+        for pid in children:
+            assert not pathlib.Path(f"/proc/{pid}").exists() or \
+                pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", f"export process {pid} survived"
+        final = _wait_final(a, export.export_task_id)
+    assert (final.status, final.export_count) == ("Success", BIG_SUBTASKS), final
+    row = fleet.task_row(export.export_task_id)
+    path = fleet.files_dir / f"{export.export_task_id}.zip"
+    assert _file_sha256(path) == row["file_sha256"]
+    # The same rows as the undisturbed run of another user: the .xls is byte-identical (the zips differ
+    # only by the member's name, export-<export_task_id>.xls).
+    assert _inner_xls_sha256(path) == _inner_xls_sha256(calm_path)
+    print(f"\ntakeover: attempt 2 running {takeover:.2f} s after the kill (lease {LEASE_SECONDS} s)")
+    # A replacement, so the fleet has two workers again.
+    fleet.workers = [survivor, fleet.worker("worker-3")]
+
+
+# -- 5b --------------------------------------------------------------------------------------------
+
+def test_export_whose_database_connection_is_cut_runs_again(fleet):
+    """A worker's connection cut mid-export (lost network, a terminated backend) is not the export's
+    failure: the run is left to its lease and runs again, to the same file."""
+    fleet.start_workers()
+    _, calm_path = _undisturbed(fleet)
+    creds = fleet.user("cut-off")
+    with fleet.client(creds, "b") as b:
+        export = b.create_export(fleet.big_task())
+        wait_for(lambda: fleet.task_row(export.export_task_id)["progress"] > 5, timeout=30, interval=0.02,
+                 what="the export to pass 5 %")
+        # The worker's read snapshot: the one transaction that keeps reading sub-task rows.
+        (pid,) = wait_for(lambda: fleet.db.query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'iotda-export'"
+            " AND xact_start IS NOT NULL AND query LIKE 'SELECT id, target, status, output%%'", (fleet.db.name,)),
+            timeout=10, what="the export's snapshot connection")
+        assert fleet.db.scalar("SELECT pg_terminate_backend(%s)", pid)
+        final = _wait_final(b, export.export_task_id)
+    row = fleet.task_row(export.export_task_id)
+    assert (final.status, final.export_count, row["attempts"]) == ("Success", BIG_SUBTASKS, 2), (final, row)
+    assert _inner_xls_sha256(fleet.files_dir / f"{export.export_task_id}.zip") == _inner_xls_sha256(calm_path)
+
+
+# -- 6 ---------------------------------------------------------------------------------------------
+
+def _listeners(fleet: Fleet) -> int:
+    return fleet.db.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                           " AND application_name = 'iotda-export-listener'", (fleet.db.name,))
+
+
+def test_postgres_restart_mid_run_is_survived(fleet):
+    fleet.start_workers()
+    _, calm_path = _undisturbed(fleet)
+    assert _listeners(fleet) == 2  # one LISTEN connection per API replica
+    creds = fleet.user("restarted")
+    a = fleet.client(creds, "a")
+    b = fleet.client(creds, "b")
+    try:
+        export = a.create_export(fleet.big_task())
+        wait_for(lambda: fleet.task_row(export.export_task_id)["progress"] > 5, timeout=30, interval=0.02,
+                 what="the export to pass 5 %")
+        restarted_at = time.monotonic()
+        ps.pg_restart()
+        wait_for(ps.pg_accepts_connections, timeout=30, interval=0.1, what="PostgreSQL to accept connections")
+        pg_back = time.monotonic() - restarted_at
+
+        def answers():
+            try:
+                return a.get_export(export.export_task_id)
+            except ExportApiError as e:
+                assert e.code == grpc.StatusCode.UNAVAILABLE, repr(e)  # never INTERNAL
+                return None
+        wait_for(answers, timeout=20, interval=0.2, what="replica A to answer GetExportTask again")
+        api_back = time.monotonic() - restarted_at
+
+        events = []
+        deadline = time.monotonic() + 60
+        while True:  # a watch opened after the restart, on the other replica
+            try:
+                events = [ev.export_task for ev in b.watch(export.export_task_id, timeout=60)]
+                break
+            except ExportApiError as e:
+                assert e.code == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, repr(e)
+                time.sleep(0.2)
+        final = events[-1]
+        assert (final.status, final.export_count) == ("Success", BIG_SUBTASKS), final
+        assert any(t.status == "Processing" for t in events[:-1]), f"no update seen: {events}"
+        wait_for(lambda: _listeners(fleet) == 2, timeout=30, interval=0.1,
+                 what="both replicas' LISTEN connections to come back")
+        listen_back = time.monotonic() - restarted_at
+    finally:
+        a.close()
+        b.close()
+    row = fleet.task_row(export.export_task_id)
+    path = fleet.files_dir / f"{export.export_task_id}.zip"
+    assert _file_sha256(path) == row["file_sha256"]
+    assert _inner_xls_sha256(path) == _inner_xls_sha256(calm_path)
+    print(f"\nrestart: PostgreSQL up {pg_back:.1f} s after the restart began, replica A answered at {api_back:.1f} s,"
+          f" LISTEN back by {listen_back:.1f} s; export attempts {row['attempts']},"
+          f" {len(events)} watch events after the restart")
