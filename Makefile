@@ -7,7 +7,7 @@ DATA_DIR ?= ./data
 GRPC_ADDR ?= 127.0.0.1:50051
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test fuzz venv protos check-protos lint clean
+.PHONY: run test fuzz venv protos check-protos lint clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP) check-protos lint
 ## The hostile-input tests with many more examples (minutes, not seconds).
 fuzz: $(STAMP)
 	IOTDA_FUZZ_PROFILE=long $(BIN)/python -m pytest -q tests/test_hostile_input.py
+
+## The benchmarks of issue 5: each figure against its baseline measured in the same run; writes
+## bench/RESULTS.md (several minutes; `$(BIN)/python -m bench --smoke` is the quick run CI makes).
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 ## Regenerate the Python stubs from protos/ (commit the result).
 protos: $(STAMP)

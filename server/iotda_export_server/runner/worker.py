@@ -11,23 +11,30 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import hashlib
 import logging
 import os
 import pathlib
+import select
 import signal
+import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..domain import rules
 from ..domain.exports import Claim, ExportJobs, inner_file_name
+from ..store import database_unavailable
 from ..store.files import ResultFiles
 from .xls_writer import XlsZipWriter
 
 log = logging.getLogger("iotda_export.worker")
 
-READ_BATCH_ROWS = 1000
+# Rows per page read from the store: big enough that the per-page costs (query, writer call)
+# vanish, small enough that cancel/stop and progress are seen every ~25 ms at full speed.
+READ_BATCH_ROWS = 4096
 PROGRESS_EVERY_SECONDS = 0.2
 
 
@@ -42,6 +49,19 @@ class WorkerConfig:
 
 class RunCancelled(Exception):
     """The run is no longer the task's current one (cancelled, deleted, re-queued)."""
+
+
+class _Flag:
+    """A stop flag safe to set from a signal handler (no lock), read like threading.Event."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
 
 
 class ShuttingDown(Exception):
@@ -65,7 +85,7 @@ def open_backend(config: WorkerConfig):
 
 
 def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
-               shutdown: threading.Event | None = None) -> bool:
+               shutdown: "threading.Event | _Flag | None" = None) -> bool:
     """Runs one claimed export to Success or Failed (or back to the queue on shutdown). Returns
     True on Success."""
     task = claim.task
@@ -92,24 +112,22 @@ def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
                 return False
             total = snap.count_subtasks(task.batch_task_id)
             writer = XlsZipWriter(temp, inner_file_name(task.export_task_id))
-            with writer:
-                after, done, last_report = "", 0, 0.0
-                while True:
-                    rows = snap.subtask_rows(task.batch_task_id, after, READ_BATCH_ROWS)
-                    if not rows:
-                        break
-                    writer.write_rows([r[1:] for r in rows])
-                    done += len(rows)
-                    after = rows[-1][0]
-                    if lost.is_set():
+            last_report = 0.0
+
+            def after_batch(done: int) -> None:
+                nonlocal last_report
+                if lost.is_set():
+                    raise RunCancelled()
+                if shutdown is not None and shutdown.is_set():
+                    raise ShuttingDown()
+                now = time.monotonic()
+                if now - last_report >= PROGRESS_EVERY_SECONDS:
+                    last_report = now
+                    if not _report_progress(jobs, claim, done, total):
                         raise RunCancelled()
-                    if shutdown is not None and shutdown.is_set():
-                        raise ShuttingDown()
-                    now = time.monotonic()
-                    if now - last_report >= PROGRESS_EVERY_SECONDS:
-                        last_report = now
-                        if not _report_progress(jobs, claim, done, total):
-                            raise RunCancelled()
+
+            with writer:
+                write_subtasks(snap, task.batch_task_id, writer, after_batch)
                 rows_written = writer.finish()
         size, sha256 = _digest(temp)
         if not jobs.succeed(claim, temp, rows_written, size, sha256):
@@ -125,6 +143,11 @@ def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
         log.info("export %s stopped: the run was cancelled, deleted or re-queued", task.export_task_id)
         return False
     except Exception as exc:
+        if database_unavailable(exc):
+            # Not the export's failure: its lease (no longer renewed) expires and it runs again.
+            log.warning("export %s interrupted: the database is unavailable (%s); it runs again once its"
+                        " lease expires", task.export_task_id, exc)
+            return False
         log.exception("export %s failed", task.export_task_id)
         reason = _reason(exc)
         try:
@@ -138,6 +161,54 @@ def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
             os.unlink(temp)
         except FileNotFoundError:
             pass
+
+
+def write_subtasks(snap, batch_task_id: str, writer: XlsZipWriter,
+                   after_batch: Callable[[int], None] | None = None) -> int:
+    """Streams the batch task's sub-tasks, in ID order, from the snapshot into the writer, in pages
+    of READ_BATCH_ROWS; after_batch(rows done so far) runs after each page (and may raise to stop).
+    Returns the rows written. A page goes to the writer as columns: no Python per row or cell here."""
+    done = 0
+    # The pages make millions of short-lived tuples, each a trigger for the cyclic GC, which
+    # then costs ~10 % of an export while finding nothing: refcounting frees all of it. Paused
+    # for the loop (this process runs one export at a time), restored whatever happens.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for columns in _subtask_pages(snap, batch_task_id):
+            writer.write_columns(columns)
+            done += len(columns[0])
+            if after_batch is not None:
+                after_batch(done)
+    finally:
+        if collecting:
+            gc.enable()
+    return done
+
+
+def _subtask_pages(snap, batch_task_id: str) -> Iterator[list[tuple]]:
+    """Pages of (targets, statuses, outputs, error_codes, error_msgs) columns, in sub-task ID order."""
+    conn = getattr(snap, "c", None)
+    if isinstance(conn, sqlite3.Connection):
+        # SQLite: one statement read page by page inside the snapshot (its read transaction keeps
+        # the view), as plain tuples and without the id column: ~30 % cheaper per row than keyset
+        # pages of sqlite3.Row (subtask_rows), in the same order (both by id).
+        cursor = conn.cursor()
+        cursor.row_factory = None
+        cursor.execute("SELECT target, status, output, error_code, error_msg FROM subtasks"
+                       " WHERE task_id = ? ORDER BY id", (batch_task_id,))
+        try:
+            while rows := cursor.fetchmany(READ_BATCH_ROWS):
+                yield list(zip(*rows))
+        finally:
+            cursor.close()
+        return
+    # PostgreSQL: keyset pages (its cursor would otherwise fetch every row at once).
+    after = ""
+    while rows := snap.subtask_rows(batch_task_id, after, READ_BATCH_ROWS):
+        ids, *columns = zip(*rows)  # id, target, status, output, error_code, error_msg
+        after = ids[-1]
+        yield columns
 
 
 def _report_progress(jobs: ExportJobs, claim: Claim, done: int, total: int) -> bool:
@@ -170,15 +241,27 @@ def worker_main(config: WorkerConfig, worker_id: str, parent_pid: int) -> None:
     """Runs exports until SIGTERM/SIGINT (or the server's death). A stop request lets the current
     row batch finish and gives the export back to the queue, so another start resumes it."""
     _die_with_parent()
-    stop, wake = threading.Event(), threading.Event()
+    # Signal handlers only set a plain flag and write to a pipe: taking a lock in a handler (as
+    # threading.Event.set does) can deadlock the main thread that the signal interrupted while it
+    # held that same lock, and a burst of signals nested handlers until RecursionError.
+    stop = _Flag()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+
+    def poke() -> None:
+        try:
+            os.write(wake_w, b"!")
+        except BlockingIOError:  # the pipe is full: a wake-up is already pending
+            pass
 
     def on_stop(_sig, _frame):
         stop.set()
-        wake.set()
+        poke()
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGUSR1, lambda _s, _f: wake.set())  # the server: "an export was queued"
+    signal.signal(signal.SIGUSR1, lambda _s, _f: poke())  # the server: "an export was queued"
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # blocked by the supervisor until now
     logging.basicConfig(level=os.environ.get("IOTDA_EXPORT_LOG_LEVEL", "INFO"),
                         format=f"%(asctime)s %(levelname)s worker[{worker_id}] %(name)s: %(message)s")
@@ -191,8 +274,12 @@ def worker_main(config: WorkerConfig, worker_id: str, parent_pid: int) -> None:
             log.warning("claim failed", exc_info=True)
             claim = None
         if claim is None:
-            wake.wait(config.poll_seconds)
-            wake.clear()
+            select.select([wake_r], [], [], config.poll_seconds)
+            try:
+                while os.read(wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
             continue
         log.info("export %s claimed (attempt %d of %d)", claim.task.export_task_id, claim.task.attempts,
                  rules.MAX_EXPORT_ATTEMPTS)

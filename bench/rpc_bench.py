@@ -1,0 +1,232 @@
+"""The RPC figures, against `iotda-export serve` in its own process (SQLite, no workers of its own;
+the bench starts the export worker processes itself when a figure needs them):
+
+- GetExportTask p99 at a fixed offered rate while 2 exports of 300,000 rows run, vs the same with
+  no export running;
+- saturated GetExportTask throughput vs a bare grpc.aio echo server, the same client;
+- 5,000 WatchProgress streams held on the API process: all receive the final state, RSS per
+  stream, lag of the final event behind the task's end_time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import ROOT, median, seed, vmrss_kb
+from bench.export_bench import Figure
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["IOTDA_EXPORT_LOG_LEVEL"] = "WARNING"
+    env.pop("IOTDA_EXPORT_DATABASE", None)
+    return env
+
+
+def _popen(*args: str, log: str | None = None) -> subprocess.Popen:
+    """A child process; with `log`, its output goes to that file (a pipe nobody reads would fill)."""
+    if log is None:
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(), stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def _client(*args: str, timeout: float = 600) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "bench.rpc_client", *args], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"rpc client {args[0]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _result(proc: subprocess.Popen, timeout: float) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"rpc client failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Api:
+    """`iotda-export serve` with no workers, and the credentials it made on its first start."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self.log = os.path.join(data_dir, "server.log")
+        self.proc = _popen("-m", "iotda_export_client.cli", "serve", "--data-dir", data_dir,
+                           "--grpc-addr", "127.0.0.1:0", "--workers", "0", log=self.log)
+        deadline = time.monotonic() + 60
+        while True:
+            text = Path(self.log).read_text(errors="replace")
+            if "(gRPC)" in text:
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                _stop(self.proc)
+                raise RuntimeError(f"the server did not start:\n{text[-2000:]}")
+            time.sleep(0.05)
+        line = next(line for line in text.splitlines() if "(gRPC)" in line)
+        self.address = line.split("listening on ", 1)[1].split()[0]
+        creds = json.loads((Path(data_dir) / "credentials.json").read_text())
+        self.token, self.project = creds["token"], creds["project_id"]
+        self.workers: list[subprocess.Popen] = []
+        import grpc
+        from iotda.export.v1 import export_task_pb2_grpc
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = export_task_pb2_grpc.ExportTaskServiceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {self.token}"),)
+
+    def start_workers(self, count: int) -> None:
+        # Export workers as the server would spawn them; they poll for queued exports every 0.25 s.
+        for i in range(count):
+            self.workers.append(_popen("-m", "iotda_export_server.runner.worker", "--data-dir", self.data_dir,
+                                       "--worker-id", f"bench-{i}", "--parent-pid", str(os.getpid()),
+                                       log=os.path.join(self.data_dir, f"worker-{i}.log")))
+
+    def create(self, task_id: str) -> str:
+        from iotda.export.v1 import export_task_pb2 as epb
+        return self.stub.CreateExportTask(epb.CreateExportTaskRequest(
+            project_id=self.project, resource_type="BatchTask",
+            resource_condition=epb.ResourceCondition(task_id=task_id)), metadata=self.metadata).export_task.export_task_id
+
+    def status(self, export_id: str) -> str:
+        from iotda.export.v1 import export_task_pb2 as epb
+        return self.stub.GetExportTask(epb.GetExportTaskRequest(
+            project_id=self.project, export_task_id=export_id), metadata=self.metadata).export_task.status
+
+    def wait(self, export_id: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while (status := self.status(export_id)) == "Processing":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"export {export_id} still running")
+            time.sleep(0.1)
+        if status != "Success":
+            raise RuntimeError(f"export {export_id} ended {status}")
+
+    def close(self) -> None:
+        self.channel.close()
+        for worker in self.workers:
+            _stop(worker)
+        _stop(self.proc)
+
+
+def _join(values) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
+def run(base: str, smoke: bool, runs: int) -> list[Figure]:
+    rows = 3_000 if smoke else 300_000
+    watch_rows = 1_000 if smoke else 30_000
+    streams, channels = (50, 2) if smoke else (5_000, 50)
+    rate_seconds = 0.5 if smoke else 8.0
+    saturate_seconds = 0.3 if smoke else 5.0
+    data_dir = os.path.join(base, "rpc")
+    os.makedirs(data_dir, exist_ok=True)
+    api = Api(data_dir)
+    echo = None
+    figures: list[Figure] = []
+    try:
+        big = [seed(data_dir, rows, seed_value=21 + i, project_id=api.project).task_id for i in range(2)]
+        small = seed(data_dir, 10, seed_value=31, project_id=api.project).task_id
+        watched = seed(data_dir, watch_rows, seed_value=41, project_id=api.project).task_id
+
+        # -- WatchProgress streams: opened on a queued export (no worker runs yet) ----------------
+        watch_id = api.create(watched)
+        time.sleep(0.5)
+        before = vmrss_kb(api.proc.pid)
+        watcher = _popen("-m", "bench.rpc_client", "watch", api.address, api.token, api.project, watch_id,
+                         str(streams), str(channels), "120")
+        assert watcher.stdout is not None
+        line = watcher.stdout.readline()
+        if not line.startswith("OPEN"):
+            raise RuntimeError(f"watch client: {line!r} {watcher.stderr.read()[-2000:] if watcher.stderr else ''}")
+        opened = int(line.split()[1])
+        time.sleep(1.0)
+        held = vmrss_kb(api.proc.pid)
+        per_stream = (held - before) / max(opened, 1)
+        api.start_workers(2)
+        watched_result = _result(watcher, 900)
+        all_final = watched_result["success"] == streams and not watched_result["errors"]
+        figures.append(Figure(
+            f"{streams:,} WatchProgress streams on one API process",
+            f"{opened:,} held, {watched_result['success']:,}/{streams:,} got Success",
+            f"API RSS {before / 1024:.0f} MB idle -> {held / 1024:.0f} MB holding them", f"{per_stream:.1f} KB/stream",
+            "5,000 held, all final, <= 30 KB/stream", all_final and per_stream <= 30,
+            [f"{opened:,} streams had their first event ({watched_result['open_seconds']:.1f} s; the rest none"
+             f" within 10 s) over {channels} connections; {watched_result['events']:,} events received;"
+             f" errors {watched_result['errors']} {watched_result.get('error_codes') or ''},"
+             f" unfinished {watched_result['unfinished']}"]))
+        figures.append(Figure(
+            "WatchProgress lag of the final event behind end_time", f"p99 {watched_result['lag_p99_ms']:.0f} ms",
+            f"p50 {watched_result['lag_p50_ms']:.0f} ms", f"max {watched_result['lag_max_ms']:.0f} ms",
+            "p99 <= 250 ms", watched_result["lag_p99_ms"] <= 250,
+            [f"over the {watched_result['success']:,} streams that got it; end_time has ms resolution and is set by the worker when it publishes;"
+             " the API process learns of it by polling the store (watch_poll_seconds 0.2)"]))
+
+        # -- GetExportTask p99: idle vs 2 exports running ----------------------------------------
+        target = api.create(small)
+        api.wait(target)
+        idle, busy = [], []
+        for _ in range(runs):
+            idle.append(_client("rate", api.address, api.token, api.project, target, "200", str(rate_seconds)))
+            client = _popen("-m", "bench.rpc_client", "rate", api.address, api.token, api.project, target, "200",
+                            str(rate_seconds))
+            exports = [api.create(task_id) for task_id in big]
+            reruns = 0
+            while client.poll() is None:
+                for i, export_id in enumerate(exports):
+                    if api.status(export_id) != "Processing":
+                        exports[i] = api.create(big[i])  # keep two exports running the whole time
+                        reruns += 1
+                time.sleep(0.2)
+            busy.append(_result(client, 60))
+            for export_id in exports:
+                api.wait(export_id)
+        idle_p99 = median([r["p99_ms"] for r in idle])
+        busy_p99 = median([r["p99_ms"] for r in busy])
+        ratio = busy_p99 / idle_p99
+        figures.append(Figure(
+            f"GetExportTask p99 at 200 RPS, 2 exports of {rows:,} rows running", f"{busy_p99:.1f} ms",
+            f"no export running: {idle_p99:.1f} ms", f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5,
+            [f"p50 {median([r['p50_ms'] for r in busy]):.1f} ms vs {median([r['p50_ms'] for r in idle]):.1f} ms;"
+             f" per-run p99 busy {_join(r['p99_ms'] for r in busy)} / idle"
+             f" {_join(r['p99_ms'] for r in idle)} ms; {rate_seconds:g} s per run; exports re-run"
+             " as they finish so that two run throughout; client in its own process, one call in flight"]))
+
+        # -- saturated GetExportTask vs a bare grpc.aio echo server ------------------------------
+        echo = _popen("-m", "bench.rpc_client", "echo-server")
+        assert echo.stdout is not None
+        echo_address = f"127.0.0.1:{json.loads(echo.stdout.readline())['port']}"
+        api_rps, echo_rps = [], []
+        for i in range(runs):
+            order = ("api", "echo") if i % 2 == 0 else ("echo", "api")
+            for which in order:
+                address = api.address if which == "api" else echo_address
+                result = _client("saturate", address, api.token, api.project, target, "32", str(saturate_seconds), which)
+                (api_rps if which == "api" else echo_rps).append(result["rps"])
+        ratio = median(api_rps) / median(echo_rps)
+        figures.append(Figure(
+            "GetExportTask throughput, saturated (32 in flight)", f"{median(api_rps):,.0f} RPS",
+            f"bare grpc.aio echo server: {median(echo_rps):,.0f} RPS", f"{ratio:.2f}x", ">= 0.6x", ratio >= 0.6,
+            [f"runs api {', '.join(f'{r:,.0f}' for r in api_rps)} / echo {', '.join(f'{r:,.0f}' for r in echo_rps)} RPS;"
+             " the same grpc.aio client process, the same request bytes; the server answers from the store"]))
+    finally:
+        _stop(echo)
+        api.close()
+    return figures

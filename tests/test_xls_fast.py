@@ -1,0 +1,232 @@
+"""The fast path of XlsZipWriter against plain xlwt: the same bytes for the same rows.
+
+XlsZipWriter makes the cell records and the shared-string table itself and streams the file
+into the zip (see runner/xls_writer.py); reference_xls() is the plain way, Worksheet.write() per
+cell and Workbook.save(). Every case here compares the two byte for byte and reads the fast
+file back with xlrd, cell by cell.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import xlrd
+import xlwt
+
+from iotda_export_server.runner import xls_writer
+from iotda_export_server.runner.xls_writer import (
+    HEADER,
+    MAX_CELL_CHARS,
+    ROWS_PER_SHEET,
+    XlsZipWriter,
+    cell_text,
+    reference_xls,
+)
+
+INNER = "export-fast.xls"
+
+
+def fast_xls(tmp_path: Path, *pages: Sequence[Sequence[object]], columns: bool = False) -> bytes:
+    path = tmp_path / f"fast-{random.random()}.zip"
+    with XlsZipWriter(path, INNER) as writer:
+        for page in pages:
+            if columns:
+                writer.write_columns(list(zip(*page)) if page else [(), (), (), (), ()])
+            else:
+                writer.write_rows(page)
+        writer.finish()
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None  # the spliced deflate stream decodes, CRC included
+        return archive.read(INNER)
+
+
+def plain_xls(rows: Sequence[Sequence[object]]) -> bytes:
+    out = io.BytesIO()
+    reference_xls(rows, out)
+    return out.getvalue()
+
+
+def assert_read_back(xls: bytes, rows: Sequence[Sequence[object]]) -> None:
+    book = xlrd.open_workbook(file_contents=xls)
+    expected = iter(rows)
+    for sheet in book.sheets():
+        assert sheet.row_values(0) == list(HEADER)
+        for rowx in range(1, sheet.nrows):
+            row = next(expected)
+            values = sheet.row_values(rowx)
+            values += [""] * (len(HEADER) - len(values))  # trailing empty cells are not stored
+            assert values == [cell_text(v) for v in row], f"{sheet.name} row {rowx}"
+    assert next(expected, None) is None
+
+
+def varied_rows(n: int, seed: int = 5) -> list[tuple[object, ...]]:
+    """Mixed rows: every pattern of empty cells, duplicates, non-Latin-1 text, emoji, "%" bytes,
+    values cell_text() must convert (None, numbers, control characters, lone surrogates) and
+    strings long enough to cross the shared-string table's 8 KiB records or to be cut."""
+    rng = random.Random(seed)
+    pool = ["Success", "Fail", "Stopped", "", "", "设备离线", "Ünïcødé ñ", "emoji 😀 ok", "100%", "%s%b%%",
+            "=1+1", "0012", "tab\there", "line\nbreak", "IOTDA.014111", "device offline", " "]
+    odd: list[object] = [None, 12, 4.5, True, "x\x00y", "lone \ud800 surrogate", "\x07bell", ["a", 1], b"raw"]
+    rows: list[tuple[object, ...]] = []
+    for i in range(n):
+        mask = i % 32
+        row = []
+        for col in range(5):
+            if not mask >> col & 1:
+                row.append("")
+            elif col == 0:
+                row.append(f"device_{rng.getrandbits(40):010x}_{i:07d}" if i % 97 else f"device_dup_{i % 3}")
+            elif i % 53 == 0:
+                row.append(rng.choice(odd))
+            elif i % 211 == 0:
+                unit = rng.choice(["a", "é", "中", "😀"])
+                row.append(unit * rng.choice([4000, 8190, 8211, 9000, 20000, 40000]))
+            else:
+                row.append(rng.choice(pool) + (str(rng.randint(0, 30)) if rng.random() < 0.3 else ""))
+        rows.append(tuple(row))
+    return rows
+
+
+def test_byte_identical_to_plain_xlwt_and_read_back(tmp_path: Path) -> None:
+    rows = varied_rows(6000)
+    fast = fast_xls(tmp_path, rows)
+    assert fast == plain_xls(rows)
+    assert_read_back(fast, rows)
+
+
+def test_pages_columns_and_rows_give_the_same_file(tmp_path: Path) -> None:
+    rows = varied_rows(3000, seed=9)
+    expected = plain_xls(rows)
+    assert fast_xls(tmp_path, rows[:1], rows[1:8], rows[8:2000], rows[2000:]) == expected
+    assert fast_xls(tmp_path, rows[:4096], rows[4096:], columns=True) == expected
+    assert fast_xls(tmp_path, *[rows[i:i + 7] for i in range(0, len(rows), 7)], columns=True) == expected
+
+
+def test_rollover_to_further_sheets(tmp_path: Path) -> None:
+    rows = [(f"d{i}", "Success" if i % 3 else "", "", str(i % 5) if i % 2 else "", "") for i in range(ROWS_PER_SHEET + 9)]
+    fast = fast_xls(tmp_path, rows[:ROWS_PER_SHEET - 3], rows[ROWS_PER_SHEET - 3:])
+    assert fast == plain_xls(rows)
+    book = xlrd.open_workbook(file_contents=fast)
+    assert book.sheet_names() == ["task_details", "task_details_2"]
+    assert book.sheet_by_index(1).row_values(9) == ["d65543", "Success", "", "3", ""]
+
+
+def test_exactly_full_sheet_and_header_only(tmp_path: Path) -> None:
+    assert fast_xls(tmp_path) == plain_xls([])
+    assert fast_xls(tmp_path, []) == plain_xls([])
+    full = [(str(i), "", "", "", "") for i in range(ROWS_PER_SHEET)]
+    book = xlrd.open_workbook(file_contents=fast_xls(tmp_path, full))
+    assert book.sheet_names() == ["task_details"]  # no empty extra sheet
+    assert book.sheet_by_index(0).nrows == ROWS_PER_SHEET + 1
+
+
+def test_fresh_column_guess_undone_when_strings_repeat(tmp_path: Path) -> None:
+    # Page 1 makes the first column look like distinct new strings (device ids); later pages
+    # repeat one of them, repeat a string of another column, or repeat one within the page.
+    first = [(f"t{i}", "Success", "", "", "") for i in range(50)]
+    pages = [first, [("t7", "Success", "", "", ""), ("new", "", "", "", "")],
+             [("Success", "x", "", "", ""), ("u1", "", "", "", "")],
+             [("v1", "", "", "", ""), ("v1", "", "", "", "")],
+             [(f"w{i}", "t3" if i == 5 else "", "", "", "") for i in range(20)],
+             [(None, "", "", "", ""), ("z", "", "", "", "")]]
+    rows = [row for page in pages for row in page]
+    fast = fast_xls(tmp_path, *pages)
+    assert fast == plain_xls(rows)
+    assert_read_back(fast, rows)
+
+
+def test_shared_string_records_at_every_boundary(tmp_path: Path) -> None:
+    # Strings whose ends, headers and surrogate pairs fall on and around the 8,224-byte limit
+    # of the SST and CONTINUE records, in 8-bit and UTF-16 form.
+    rows = []
+    for k in range(0, 40):
+        rows.append(("a" * (8200 + k), "é" * (4100 + k), "😀" * (2050 + k // 2) + "x" * (k % 3), "", ""))
+        rows.append(("b" * (k + 1), "中" * (k + 1), "😀", "", ""))
+    rows.append(("z" * MAX_CELL_CHARS, "😀" * (MAX_CELL_CHARS // 2) + "a", "y" * (MAX_CELL_CHARS + 5), "", ""))
+    fast = fast_xls(tmp_path, rows)
+    assert fast == plain_xls(rows)
+    assert_read_back(fast, rows)
+
+
+def test_bad_rows_leave_the_rows_before(tmp_path: Path) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    path = tmp_path / "partial.zip"
+    good = [("a", "b", "c", "d", "e"), ("f", None, 3, "", "")]
+    with XlsZipWriter(path, INNER) as writer:
+        try:
+            writer.write_rows([*good, ("g", Unprintable(), "", "", ""), ("never", "", "", "", "")])
+        except RuntimeError:
+            pass
+        try:
+            writer.write_rows([("h", "", "", "", ""), ("short",)])
+        except ValueError:
+            pass
+        try:
+            writer.write_columns([("i",), ("j", "k"), (), (), ()])
+        except ValueError:
+            pass
+        assert writer.rows_written == 3
+        writer.finish()
+    with zipfile.ZipFile(path) as archive:
+        xls = archive.read(INNER)
+    expected = [*good, ("h", "", "", "", "")]
+    assert xls == plain_xls(expected)
+
+
+def test_worker_pages_from_sqlite_and_keyset(tmp_path: Path) -> None:
+    from iotda_export_server.domain.batches import seed_batch_task
+    from iotda_export_server.runner import worker
+    from iotda_export_server.store import open_store
+
+    store = open_store(tmp_path)
+    task_id = seed_batch_task(store, "p" * 32, "", 9000, seed=3)
+    expected = plain_xls([tuple(r[1:]) for r in store.reader().subtask_rows(task_id, "", 10_000)])
+
+    class KeysetOnly:  # what a PostgreSQL snapshot offers: subtask_rows() pages
+        def __init__(self, snap):
+            self.snap = snap
+
+        def subtask_rows(self, *args):
+            return self.snap.subtask_rows(*args)
+
+    for wrap in (lambda snap: snap, KeysetOnly):
+        path = tmp_path / "worker.zip"
+        done: list[int] = []
+        with store.snapshot() as snap:
+            with XlsZipWriter(path, INNER) as writer:
+                assert worker.write_subtasks(wrap(snap), task_id, writer, done.append) == 9000
+                writer.finish()
+        assert done[-1] == 9000 and len(done) == -(-9000 // worker.READ_BATCH_ROWS)
+        with zipfile.ZipFile(path) as archive:
+            assert archive.read(INNER) == expected
+    store.close()
+
+
+def test_zip_without_splicing_holds_the_same_xls(tmp_path: Path, monkeypatch) -> None:
+    # The fallback when zipfile has no compressor hook to splice the rows' deflate segments into.
+    rows = varied_rows(500, seed=13)
+    spliced = fast_xls(tmp_path, rows)
+    monkeypatch.setattr(xls_writer, "_SPLICE_ROWS", False)
+    assert fast_xls(tmp_path, rows) == spliced == plain_xls(rows)
+
+
+def test_only_xlwt_1_3_0() -> None:
+    assert xlwt.__VERSION__ == xls_writer.XLWT_VERSION == "1.3.0"
+    real = xlwt.__VERSION__
+    try:
+        xlwt.__VERSION__ = "1.4.0"
+        try:
+            xls_writer._check_xlwt()
+        except RuntimeError as exc:
+            assert "1.3.0" in str(exc)
+        else:
+            raise AssertionError("another xlwt version was accepted")
+    finally:
+        xlwt.__VERSION__ = real
