@@ -360,9 +360,11 @@ class ExportJobs:
         With only_expired=False (start-up of the embedded server, which owns its data directory)
         every running export is orphaned and recovered at once."""
         changed = []
+        orphans = []  # the dead runs' temporary files, listed before the task can be claimed again
         with self.store.transaction() as tx:
             now = self.clock()
             for task in tx.running_exports(lease_expired_before=now if only_expired else None):
+                orphans += self.files.temp_files(task.export_task_id)
                 if task.attempts >= rules.MAX_EXPORT_ATTEMPTS:
                     tx.update_export_task(
                         task.export_task_id, expect_run_token=task.run_token, status=rules.STATUS_FAILED,
@@ -373,6 +375,8 @@ class ExportJobs:
                     tx.update_export_task(task.export_task_id, expect_run_token=task.run_token, run_state="queued",
                                           run_token=None, worker_id=None, lease_until=None, queued_at=now)
                 changed.append(task.export_task_id)
+        for path in orphans:  # a later run of the task writes under another random name
+            _unlink(path)
         return changed
 
 

@@ -15,11 +15,13 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 
 from ..domain.exports import ExportJobs
 from .worker import WorkerConfig
 
 log = logging.getLogger("iotda_export.supervisor")
+NOTIFY_MIN_INTERVAL_SECONDS = 0.1
 
 
 class Supervisor:
@@ -32,6 +34,7 @@ class Supervisor:
         self.check_seconds = check_seconds
         self.processes: list[subprocess.Popen] = []
         self.stopping = False
+        self._last_notify = 0.0
 
     def _spawn(self) -> subprocess.Popen:
         worker_id = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -62,6 +65,12 @@ class Supervisor:
 
     def notify(self) -> None:
         """A new export is queued: wake idle workers now rather than at their next poll."""
+        # Coalesced: a storm of creates must not become a storm of signals (the worker's handler is
+        # not re-entrant); a worker not woken now polls the queue within its poll interval anyway.
+        now = time.monotonic()
+        if now - self._last_notify < NOTIFY_MIN_INTERVAL_SECONDS:
+            return
+        self._last_notify = now
         for p in self.processes:
             if p.poll() is None:
                 try:

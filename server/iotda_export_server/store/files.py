@@ -37,6 +37,10 @@ class ResultFiles:
         finally:
             os.close(fd)
 
+    def temp_files(self, export_task_id: str) -> list[pathlib.Path]:
+        """The temporary files of the task's runs that exist now."""
+        return list(self.dir.glob(f"{self.path(export_task_id).name}.*{TEMP_SUFFIX}"))
+
     def remove(self, export_task_id: str) -> None:
         try:
             self.path(export_task_id).unlink()
