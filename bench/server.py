@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import threading
 
 import grpc
 
-
-class ServerThread:
-    """An ExportServer running on its own event loop in a background thread."""
-
-    def __init__(self, data_dir: str, workers: int = 1, **config: object) -> None:
-        from iotda_export_server.app import ExportServer, ServerConfig
-
-        self.config = ServerConfig(data_dir=str(data_dir), grpc_addr="127.0.0.1:0", workers=workers, **config)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="server-loop", daemon=True)
-        self.thread.start()
-        self.server = ExportServer(self.config)
-        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(60)
-        self.address = f"127.0.0.1:{self.port}"
-
-    @property
-    def store(self):
-        return self.server.store
-
-    def stop(self, grace: float = 1.0) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+from iotda_export_server.testing import ServerThread
 
 
 class Client:

@@ -18,34 +18,9 @@ import grpc
 import pytest
 
 from iotda.export.v1 import batch_task_pb2_grpc, export_task_pb2_grpc
-from iotda_export_server.app import ExportServer, ServerConfig, add_principal
+from iotda_export_server.app import add_principal
 from iotda_export_server.domain.batches import seed_batch_task
-
-
-class ServerThread:
-    """An ExportServer running on its own event loop in a background thread."""
-
-    def __init__(self, data_dir: str, workers: int = 1, **config):
-        self.data_dir = str(data_dir)
-        self.config = ServerConfig(data_dir=self.data_dir, grpc_addr="127.0.0.1:0", workers=workers, **config)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="server-loop", daemon=True)
-        self.thread.start()
-        self.server = ExportServer(self.config)
-        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(60)
-        self.address = f"127.0.0.1:{self.port}"
-        self.http_port = self.server.http_port
-        self.http_url = f"http://127.0.0.1:{self.http_port}" if self.http_port else None
-        self.admin = self.server.bootstrap_credentials
-
-    @property
-    def store(self):
-        return self.server.store
-
-    def stop(self, grace: float = 1.0) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+from iotda_export_server.testing import ServerThread  # noqa: F401 - tests import it from here
 
 
 @dataclass
