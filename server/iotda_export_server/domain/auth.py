@@ -86,7 +86,8 @@ def new_principal(user: str, project_id: str, statements: list[Statement],
         raise invalid("user", "must be 1-64 of [A-Za-z0-9_.@-]")
     from .validation import project_id as check_project
     check_project(project_id)
-    token = secrets.token_urlsafe(32)
+    # Hex: a token that started with "-" (as urlsafe base64 can) would read as an option on command lines.
+    token = secrets.token_hex(32)
     principal = Principal(
         user=user, project_id=project_id, enterprise_project_id=enterprise_project_id,
         ak=_random(string.ascii_uppercase + string.digits, 20),
