@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_STAMP := client/node/node_modules/.installed
 DATA_DIR ?= ./data
 GRPC_ADDR ?= 127.0.0.1:50051
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test fuzz venv protos check-protos lint clean bench
+.PHONY: run test fuzz venv protos check-protos lint breaking clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +18,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+## The Node.js client's dependencies, exactly as client/node/package-lock.json pins them.
+$(NODE_STAMP): client/node/package.json client/node/package-lock.json
+	npm ci --prefix client/node --no-audit --no-fund
+	touch $(NODE_STAMP)
+
 ## Start the service on the embedded default (SQLite + local files under $(DATA_DIR)), gRPC and HTTP.
 run: $(STAMP)
 	$(BIN)/iotda-export serve --data-dir $(DATA_DIR) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
-## Everything CI checks: stubs fresh, protos lint-clean, every test.
-test: $(STAMP) check-protos lint
+## Everything CI checks: stubs fresh, protos lint-clean, no unannounced breaking change since the
+## previous commit (scripts/check_breaking.py), every test (the Node.js client test needs npm ci).
+test: $(STAMP) $(NODE_STAMP) check-protos lint breaking
 	$(BIN)/python -m pytest
 
 ## The hostile-input tests with many more examples (minutes, not seconds).
@@ -43,6 +50,11 @@ check-protos: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/buf lint
+
+## buf breaking (WIRE_JSON) of protos/ against the previous commit; a deliberate break needs the
+## commit trailer `Proto-Breaking-Change: <reason>` (docs/contract-checks.md).
+breaking: $(STAMP)
+	$(BIN)/python scripts/check_breaking.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info client/*.egg-info server/*.egg-info
