@@ -59,13 +59,8 @@ def test_describe_service_and_messages(server):
 
 
 def test_describe_method(server):
-    # SERVER BUG (reported, not ours to fix here): the server's reflection service cannot resolve a
-    # *method* symbol. grpcio-reflection asks DescriptorPool.FindFileContainingSymbol(
-    # "iotda.export.v1.ExportTaskService.CreateExportTask"), which the upb protobuf backend does not
-    # know (grpc/grpc#34743), so grpcurl prints 'Symbol not found'. Fix in
-    # server/iotda_export_server/transport/grpc_server.py: pass enable_server_reflection(..., pool=)
-    # a pool whose FindFileContainingSymbol falls back to the service's file for "<service>.<method>".
-    # This test fails until then.
+    # grpcio-reflection asks the pool for the file of "<service>.<method>", which the upb protobuf
+    # backend cannot answer (grpc/grpc#34743); grpc_server.MethodAwarePool answers it.
     r = grpcurl(server.address, "describe", f"{EXPORTS}.CreateExportTask")
     assert r.returncode == 0, r.stderr
     assert f"{EXPORTS}.CreateExportTask is a method:" in r.stdout
