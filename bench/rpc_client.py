@@ -134,7 +134,7 @@ def watch(address: str, token: str, project: str, export_id: str, streams: str, 
     n, k = int(streams), int(channels)
 
     async def run() -> dict:
-        chans = [grpc.aio.insecure_channel(address) for _ in range(k)]
+        chans = [grpc.aio.insecure_channel(address, options=(("grpc.use_local_subchannel_pool", 1),)) for _ in range(k)]
         calls = [chans[i % k].unary_stream(WATCH_METHOD, request_serializer=epb.WatchProgressRequest.SerializeToString,
                                            response_deserializer=epb.WatchProgressResponse.FromString)
                  for i in range(n)]

@@ -12,12 +12,13 @@ import pathlib
 import secrets
 from dataclasses import dataclass, field
 
-from .domain import auth
+from .domain import auth, rules
 from .domain.batches import BatchService, seed_batch_task
 from .domain.exports import ExportJobs, ExportService
 from .domain.progress import ProgressHub
 from .runner.supervisor import Supervisor
 from .runner.worker import WorkerConfig
+from .store.changes import ChangeListener
 from .store.files import ResultFiles
 from .store import is_postgres, open_store
 
@@ -40,6 +41,8 @@ class ServerConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     lease_seconds: float = 30.0
     watch_poll_seconds: float = 0.2
+    # A WatchProgress stream hears at least this often (keeps idle proxies from closing it).
+    watch_heartbeat_seconds: float = rules.WATCH_HEARTBEAT_SECONDS
     grace_seconds: float = 5.0
 
 
@@ -125,6 +128,7 @@ class ExportServer:
         self.health = None
         self.supervisor: Supervisor | None = None
         self.listener = None
+        self.changes: ChangeListener | None = None
 
     async def start(self) -> int:
         from grpc_health.v1 import health_pb2
@@ -149,11 +153,15 @@ class ExportServer:
         files.sweep(store.reader().all_export_file_ids(),
                     temp_older_than=2 * self.config.lease_seconds if shared else 0)
 
-        self.hub = hub = ProgressHub(self._load_tasks, poll_interval=self.config.watch_poll_seconds)
+        self.hub = hub = ProgressHub(self._load_tasks, poll_interval=self.config.watch_poll_seconds,
+                                       heartbeat_seconds=self.config.watch_heartbeat_seconds)
         if shared:
             from .store.postgres import Listener
             self.listener = Listener(self.config.database, hub.poke)
             self.listener.start()
+        else:
+            self.changes = ChangeListener(self.data_dir, hub.poke)
+            self.changes.start()
         worker_config = WorkerConfig(data_dir=str(self.data_dir), lease_seconds=self.config.lease_seconds,
                                      database=self.config.database, files_dir=str(files_dir))
         # Workers are spawned before any gRPC object exists in this process.
@@ -212,13 +220,14 @@ class ExportServer:
             await asyncio.to_thread(self.supervisor.stop)
         if self.listener is not None:
             await asyncio.to_thread(self.listener.stop)
+        if self.changes is not None:
+            self.changes.close()
         self.lock.release()
 
 
 def seed(data_dir: str | os.PathLike, subtasks: int, project_id: str | None = None, instance_id: str = "",
          app_id: str | None = None, database: str | None = None) -> str:
     """Loads a demo batch task (works while a server runs on the same data directory)."""
-    from .domain import rules
     path = prepare_data_dir(data_dir)
     store = open_store(path, database, migrate=not is_postgres(database))
     if project_id is None:

@@ -295,11 +295,18 @@ class Claim:
 class ExportJobs:
     """Claiming, progress, completion and recovery of export runs."""
 
-    def __init__(self, store, files, clock=ids.now_ms, lease_seconds: float = 30.0):
+    def __init__(self, store, files, clock=ids.now_ms, lease_seconds: float = 30.0, on_change=None):
         self.store = store
         self.files = files
         self.clock = clock
         self.lease_ms = int(lease_seconds * 1000)
+        # Told the id of each task a run changed, after the commit (watchers in other processes).
+        self.on_change = on_change or (lambda _export_task_id: None)
+
+    def _changed(self, claim: Claim, current: bool) -> bool:
+        if current:
+            self.on_change(claim.task.export_task_id)
+        return current
 
     def claim(self, worker_id: str) -> Claim | None:
         if not self.store.reader().has_queued_export():
@@ -308,7 +315,10 @@ class ExportJobs:
         now = self.clock()
         with self.store.transaction() as tx:
             task = tx.claim_export(worker_id, token, now, now + self.lease_ms)
-        return None if task is None else Claim(task, token)
+        if task is None:
+            return None
+        claim = Claim(task, token)
+        return claim if self._changed(claim, True) else None
 
     def heartbeat(self, claim: Claim) -> bool:
         """Extends the lease; False when the run is no longer current (cancelled, deleted, re-run)."""
@@ -320,9 +330,10 @@ class ExportJobs:
         share = rows_done / rows_total if rows_total else 1.0
         progress = max(rules.PROGRESS_QUEUED, min(rules.PROGRESS_MAX_RUNNING, 1 + int(share * 98)))
         with self.store.transaction() as tx:
-            return tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
-                                         progress=progress, export_count=rows_done,
-                                         lease_until=self.clock() + self.lease_ms)
+            current = tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
+                                            progress=progress, export_count=rows_done,
+                                            lease_until=self.clock() + self.lease_ms)
+        return self._changed(claim, current)
 
     def succeed(self, claim: Claim, temp_path, rows: int, size: int, sha256: str) -> bool:
         """Publishes the file and marks Success in one locked step; False (file dropped) when the run
@@ -339,20 +350,22 @@ class ExportJobs:
                                   progress=rules.PROGRESS_DONE, export_count=rows, end_time=self.clock(),
                                   run_state="done", run_token=None, worker_id=None, lease_until=None,
                                   file_generation=current.file_generation + 1, file_size=size, file_sha256=sha256)
-        return True
+        return self._changed(claim, True)
 
     def release(self, claim: Claim) -> bool:
         """Gives a run back to the queue (the worker is stopping); the attempt does not count."""
         with self.store.transaction() as tx:
-            return tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
-                                         run_state="queued", run_token=None, worker_id=None, lease_until=None,
-                                         attempts=max(claim.task.attempts - 1, 0), queued_at=self.clock())
+            current = tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
+                                            run_state="queued", run_token=None, worker_id=None, lease_until=None,
+                                            attempts=max(claim.task.attempts - 1, 0), queued_at=self.clock())
+        return self._changed(claim, current)
 
     def fail(self, claim: Claim, reason: str) -> bool:
         with self.store.transaction(lock_key=claim.task.owner) as tx:
-            return tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
-                                         status=rules.STATUS_FAILED, status_desc=reason, end_time=self.clock(),
-                                         run_state="done", run_token=None, worker_id=None, lease_until=None)
+            current = tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
+                                            status=rules.STATUS_FAILED, status_desc=reason, end_time=self.clock(),
+                                            run_state="done", run_token=None, worker_id=None, lease_until=None)
+        return self._changed(claim, current)
 
     def recover(self, only_expired: bool = True) -> list[str]:
         """Runs whose worker died: queue them again, or mark Failed after MAX_EXPORT_ATTEMPTS.

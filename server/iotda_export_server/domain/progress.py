@@ -1,68 +1,91 @@
 """Fan-out of export-task changes to WatchProgress streams in this process.
 
 Workers run in other processes (and, with PostgreSQL, on other hosts), so changes are found by
-re-reading the watched tasks: on a poke (a change made here, or a database notification) and on a
-short polling interval as the backstop. Each task is read once per round however many streams watch
-it, and each stream keeps only the latest state (slow readers skip intermediate states, never lag).
+re-reading the watched tasks: on a poke (a change made here, a worker's or the database's
+notification) and on a short polling interval as the backstop. Each task is read once per round
+however many streams watch it.
+
+All streams on one task share a Topic: its latest state, one asyncio.Event pulsed on every change
+(not an Event, a timer and a task per stream: thousands of streams are held), and a cache the
+transport fills with the encoded message, so a change is encoded once, not once per stream. A
+stream reads the latest state after each send, so a slow reader skips states and never lags.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
+from . import rules
 from .model import ExportTask
 
 log = logging.getLogger("iotda_export.progress")
 
 
-class Watch:
-    """One stream's view: the latest state seen for its task (None once the task is deleted)."""
+class Topic:
+    """One watched task: its latest state (None once deleted) and the pulse its streams wait on."""
 
-    __slots__ = ("export_task_id", "latest", "deleted", "changed")
+    __slots__ = ("export_task_id", "latest", "deleted", "version", "streams", "encoded", "_pulse", "pulsed_at")
 
     def __init__(self, export_task_id: str):
         self.export_task_id = export_task_id
         self.latest: ExportTask | None = None
         self.deleted = False
-        self.changed = asyncio.Event()
+        self.version = -1  # nothing read yet
+        self.streams = 0
+        self.encoded: dict = {}  # the transport's cache of the latest state, encoded once per version
+        self._pulse = asyncio.Event()
+        self.pulsed_at = time.monotonic()
+
+    async def wait(self) -> None:
+        """Returns at the next change, heartbeat or shutdown."""
+        await self._pulse.wait()
+
+    def pulse(self) -> None:
+        # set() resolves every current waiter; clearing at once makes later waits block again.
+        self._pulse.set()
+        self._pulse.clear()
+        self.pulsed_at = time.monotonic()
 
 
 class ProgressHub:
-    def __init__(self, load: Callable[[list[str]], Awaitable[list[ExportTask]]], poll_interval: float = 0.2):
+    def __init__(self, load: Callable[[list[str]], Awaitable[list[ExportTask]]], poll_interval: float = 0.2,
+                 heartbeat_seconds: float = rules.WATCH_HEARTBEAT_SECONDS):
         self._load = load
         self.poll_interval = poll_interval
-        self._watches: dict[str, set[Watch]] = {}
-        self._versions: dict[str, int] = {}
+        self.heartbeat_seconds = heartbeat_seconds
+        self._topics: dict[str, Topic] = {}
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closing = False
 
     @property
     def watchers(self) -> int:
-        return sum(len(s) for s in self._watches.values())
+        return sum(t.streams for t in self._topics.values())
 
-    def subscribe(self, export_task_id: str) -> Watch:
-        w = Watch(export_task_id)
-        self._watches.setdefault(export_task_id, set()).add(w)
+    def subscribe(self, export_task_id: str, current: ExportTask) -> Topic:
+        """A stream starts watching; `current` is the state it has just sent."""
+        topic = self._topics.get(export_task_id)
+        if topic is None:
+            topic = self._topics[export_task_id] = Topic(export_task_id)
+        if current.version > topic.version:
+            topic.latest, topic.version, topic.encoded = current, current.version, {}
+        topic.streams += 1
         self.poke()
-        return w
+        return topic
 
-    def unsubscribe(self, w: Watch) -> None:
-        s = self._watches.get(w.export_task_id)
-        if s is not None:
-            s.discard(w)
-            if not s:
-                del self._watches[w.export_task_id]
-                self._versions.pop(w.export_task_id, None)
+    def unsubscribe(self, topic: Topic) -> None:
+        topic.streams -= 1
+        if topic.streams <= 0 and self._topics.get(topic.export_task_id) is topic:
+            del self._topics[topic.export_task_id]
 
     def close(self) -> None:
         """Server shutdown: wake every stream so it can end (with UNAVAILABLE) instead of hanging."""
         self.closing = True
-        for watches in self._watches.values():
-            for w in watches:
-                w.changed.set()
+        for topic in self._topics.values():
+            topic.pulse()
 
     def poke(self, _export_task_id: str | None = None) -> None:
         """Re-read soon. Safe to call from any thread."""
@@ -85,7 +108,7 @@ class ProgressHub:
             except TimeoutError:
                 pass
             self._wake.clear()
-            ids = list(self._watches)
+            ids = list(self._topics)
             if not ids:
                 continue
             try:
@@ -94,12 +117,17 @@ class ProgressHub:
                 log.warning("progress poll failed", exc_info=True)
                 continue
             found = {t.export_task_id: t for t in tasks}
+            quiet_since = time.monotonic() - self.heartbeat_seconds
             for export_task_id in ids:
-                task = found.get(export_task_id)
-                version = task.version if task is not None else -1
-                if self._versions.get(export_task_id) == version:
+                topic = self._topics.get(export_task_id)
+                if topic is None:
                     continue
-                self._versions[export_task_id] = version
-                for w in self._watches.get(export_task_id, ()):
-                    w.latest, w.deleted = task, task is None
-                    w.changed.set()
+                task = found.get(export_task_id)
+                if task is None:
+                    topic.latest, topic.deleted, topic.encoded = None, True, {}
+                    topic.pulse()
+                elif task.version > topic.version:
+                    topic.latest, topic.version, topic.encoded = task, task.version, {}
+                    topic.pulse()
+                elif topic.pulsed_at < quiet_since:
+                    topic.pulse()  # nothing changed for a while: the streams send a heartbeat

@@ -62,3 +62,5 @@ SUBTASK_FINAL_STATUSES = ("Success", "Fail", "Stopped", "Removed")
 
 # Download chunks: gRPC messages stay well under the 4 MiB default.
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
+# WatchProgress repeats the latest state after this long without a change (the proto's promise).
+WATCH_HEARTBEAT_SECONDS = 15.0

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from ..domain import rules
 from ..domain.exports import Claim, ExportJobs, inner_file_name
-from ..store import database_unavailable
+from ..store import database_unavailable, is_postgres
+from ..store.changes import ChangeAnnouncer
 from ..store.files import ResultFiles
 from .xls_writer import XlsZipWriter
 
@@ -78,7 +79,7 @@ def _die_with_parent() -> None:
 
 
 def open_backend(config: WorkerConfig):
-    from ..store import is_postgres, open_store
+    from ..store import open_store
     store = open_store(config.data_dir, config.database, migrate=not is_postgres(config.database))
     files = ResultFiles(config.files_dir or pathlib.Path(config.data_dir) / "files")
     return store, files
@@ -266,7 +267,9 @@ def worker_main(config: WorkerConfig, worker_id: str, parent_pid: int) -> None:
     logging.basicConfig(level=os.environ.get("IOTDA_EXPORT_LOG_LEVEL", "INFO"),
                         format=f"%(asctime)s %(levelname)s worker[{worker_id}] %(name)s: %(message)s")
     store, files = open_backend(config)
-    jobs = ExportJobs(store, files, lease_seconds=config.lease_seconds)
+    # PostgreSQL tells the API replicas of changes itself (a trigger); SQLite needs our notices.
+    announce = None if is_postgres(config.database) else ChangeAnnouncer(config.data_dir)
+    jobs = ExportJobs(store, files, lease_seconds=config.lease_seconds, on_change=announce)
     while not stop.is_set() and os.getppid() == parent_pid:
         try:
             claim = jobs.claim(worker_id)

@@ -30,6 +30,11 @@ SERVER_OPTIONS = (
     ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared port
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Calls that arrived but that the aio loop has not picked up yet: past 1,000 grpc core starts
+    # cancelling them at random, past 3,000 all of them. After a restart every watcher reconnects at
+    # once, so a burst of thousands is normal here, not an overload to shed.
+    ("grpc.server.max_pending_requests", 10_000),
+    ("grpc.server.max_pending_requests_hard_limit", 20_000),
 )
 
 
@@ -76,11 +81,14 @@ def service_handler(service: ServiceDescriptor, servicer) -> grpc.GenericRpcHand
         serializer = message_factory.GetMessageClass(method.output_type).SerializeToString
         behavior = getattr(servicer, method.name)
         if method.server_streaming:
+            def passthrough(message, serializer=serializer):  # a message the hub encoded once for many streams
+                return message if type(message) is bytes else serializer(message)
+
             async def stream(raw, context, behavior=behavior, request_class=request_class):
                 request = await _parse(raw, request_class, context)
                 async for item in behavior(request, context):
                     yield item
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(stream, response_serializer=serializer)
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(stream, response_serializer=passthrough)
         else:
             async def unary(raw, context, behavior=behavior, request_class=request_class):
                 return await behavior(await _parse(raw, request_class, context), context)

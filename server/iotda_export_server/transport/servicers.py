@@ -31,7 +31,6 @@ from . import errors, render
 log = logging.getLogger("iotda_export.rpc")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
-WATCH_HEARTBEAT_SECONDS = 15.0
 # Metadata with which the HTTP gateway vouches for a caller whose AK/SK signature it verified.
 FRONT_END_USER = "x-iotda-gateway-user"
 FRONT_END_KEY = "x-iotda-gateway-key"
@@ -167,7 +166,7 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
             return epb.CancelExportTaskResponse(export_task=render.export_task(task))
         return await self._call("CancelExportTask", request, context, fn)
 
-    async def ShowExportTask(self, request, context):
+    def ShowExportTask(self, request, context):
         async def chunks(caller):
             d = await run(self.exports.admit_download, caller, request.export_task_id, request.offset, request.limit)
             f = d.file
@@ -189,35 +188,38 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
                     yield msg  # awaiting each write applies HTTP/2 flow control
             finally:
                 f.close()
-        async for msg in self._stream("ShowExportTask", request, context, chunks):
-            yield msg
+        return self._stream("ShowExportTask", request, context, chunks)
 
-    async def WatchProgress(self, request, context):
+    def WatchProgress(self, request, context):
         async def events(caller):
             task = await run(self.exports.get, caller, request.export_task_id)
-            watch = self.hub.subscribe(task.export_task_id)
+            topic = self.hub.subscribe(task.export_task_id, task)
             try:
                 last = task.version
                 yield epb.WatchProgressResponse(export_task=render.export_task(task), sequence=last)
                 while task.unfinished:
-                    try:
-                        await asyncio.wait_for(watch.changed.wait(), WATCH_HEARTBEAT_SECONDS)
-                    except TimeoutError:
-                        yield epb.WatchProgressResponse(export_task=render.export_task(task), sequence=last,
-                                                        heartbeat=True)
-                        continue
-                    watch.changed.clear()
+                    if topic.version == last and not topic.deleted and not self.hub.closing:
+                        await topic.wait()  # a change, a heartbeat or shutdown
                     if self.hub.closing:
                         raise errors.Unavailable("The server is shutting down; watch again to resume.")
-                    if watch.deleted:
+                    if topic.deleted:
                         raise ExportTaskNotFound(task.export_task_id)
-                    if watch.latest is not None and watch.latest.version > last:
-                        task, last = watch.latest, watch.latest.version
-                        yield epb.WatchProgressResponse(export_task=render.export_task(task), sequence=last)
+                    heartbeat = topic.version == last
+                    task, last = topic.latest, topic.version
+                    yield _watch_event(topic, heartbeat)  # awaiting the send applies flow control
             finally:
-                self.hub.unsubscribe(watch)
-        async for msg in self._stream("WatchProgress", request, context, events):
-            yield msg
+                self.hub.unsubscribe(topic)
+        return self._stream("WatchProgress", request, context, events)
+
+
+def _watch_event(topic, heartbeat: bool) -> bytes:
+    """The topic's latest state as an encoded WatchProgressResponse, encoded once for all its streams."""
+    data = topic.encoded.get(heartbeat)
+    if data is None:
+        data = topic.encoded[heartbeat] = epb.WatchProgressResponse(
+            export_task=render.export_task(topic.latest), sequence=topic.version,
+            heartbeat=heartbeat).SerializeToString()
+    return data
 
 
 class BatchTaskServicer(Handlers, bpb_grpc.BatchTaskServiceServicer):
