@@ -1,7 +1,7 @@
 """Load generators and the echo server of the RPC figures, each run as its own process.
 
     python -m bench.rpc_client echo-server
-    python -m bench.rpc_client rate      ADDR TOKEN PROJECT EXPORT_ID RPS SECONDS
+    python -m bench.rpc_client rate      ADDR TOKEN PROJECT EXPORT_ID RPS SECONDS [echo]
     python -m bench.rpc_client saturate  ADDR TOKEN PROJECT EXPORT_ID CONCURRENCY SECONDS [echo]
     python -m bench.rpc_client watch     ADDR TOKEN PROJECT EXPORT_ID STREAMS CHANNELS TIMEOUT
 
@@ -61,12 +61,13 @@ def echo_server() -> None:
     asyncio.run(serve())
 
 
-def rate(address: str, token: str, project: str, export_id: str, rps: str, seconds: str) -> dict:
+def rate(address: str, token: str, project: str, export_id: str, rps: str, seconds: str,
+         target: str = "api") -> dict:
     """Open loop at a fixed offered rate, one call in flight: latency of each call."""
     request = _get_request(project, export_id)
     metadata = (("authorization", f"Bearer {token}"),)
     with grpc.insecure_channel(address) as channel:
-        call = channel.unary_unary(GET_METHOD)
+        call = channel.unary_unary(ECHO_METHOD if target == "echo" else GET_METHOD)
         for _ in range(20):  # warm-up: connection, first-call paths
             call(request, metadata=metadata, timeout=10)
         interval = 1 / float(rps)

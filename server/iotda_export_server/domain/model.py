@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,11 +163,16 @@ class Principal:
 
     @classmethod
     def from_row(cls, row: Any) -> "Principal":
-        policy = json.loads(row["policy"])
         return cls(user=row["user"], project_id=row["project_id"],
                    enterprise_project_id=row["enterprise_project_id"], ak=row["ak"], sk=row["sk"],
-                   statements=[Statement.from_json(s) for s in policy.get("Statement", [])],
-                   created_at=row["created_at"])
+                   statements=list(_policy_statements(row["policy"])), created_at=row["created_at"])
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy_statements(policy_text: str) -> tuple[Statement, ...]:
+    """A policy's statements (immutable), parsed once per distinct text: every call authenticates."""
+    policy = json.loads(policy_text)
+    return tuple(Statement.from_json(s) for s in policy.get("Statement", []))
 
 
 @dataclass(frozen=True)
