@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import logging
 import os
 import signal
 import sys
@@ -26,8 +25,7 @@ import time
 def _serve(args: argparse.Namespace) -> int:
     from iotda_export_server.app import CREDENTIALS_FILE, ExportServer, ServerConfig
 
-    logging.basicConfig(level=os.environ.get("IOTDA_EXPORT_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logs("server", args)
     config = ServerConfig(data_dir=args.data_dir, grpc_addr=args.grpc_addr, http_addr=args.http_addr or None,
                           workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
                           database=args.database, files_dir=args.files_dir,
@@ -64,11 +62,33 @@ def _serve(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def _configure_logs(process: str, args: argparse.Namespace) -> None:
+    from iotda_export_server import logs
+
+    # Through the environment, so that the worker processes started next log the same way.
+    os.environ["IOTDA_EXPORT_LOG_FORMAT"] = args.log_format
+    os.environ["IOTDA_EXPORT_LOG_LEVEL"] = args.log_level
+    try:
+        logs.configure(process)
+    except ValueError as e:  # a bad value from the environment (flags are checked by argparse)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _log_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=("text", "json"),
+                   default=os.environ.get("IOTDA_EXPORT_LOG_FORMAT", "text").lower(),
+                   help="text: readable lines; json: one JSON object per line (time, level, logger,"
+                        " message, request_id, user, process, and fields such as rpc, code, duration_ms)")
+    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
+                   default=os.environ.get("IOTDA_EXPORT_LOG_LEVEL", "INFO").upper(),
+                   help="lines below this level are dropped (each RPC is one INFO line)")
+
+
 def _worker(args: argparse.Namespace) -> int:
     from iotda_export_server.app import ServerConfig, run_workers
 
-    logging.basicConfig(level=os.environ.get("IOTDA_EXPORT_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logs("workers", args)
     config = ServerConfig(data_dir=args.data_dir, database=args.database, files_dir=args.files_dir,
                           workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
                           lease_seconds=args.lease_seconds)
@@ -538,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="result files (default <data-dir>/files); with several replicas, a directory they share")
     serve.add_argument("--lease-seconds", type=float, default=float(os.environ.get("IOTDA_EXPORT_LEASE_SECONDS", "30")),
                        help="a running export whose worker stops renewing its lease this long is taken over")
+    _log_flags(serve)
     serve.set_defaults(func=_serve)
 
     p = sub.add_parser("worker", help="run export workers only (no RPC port), against --database: scale"
@@ -547,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--files-dir", default=os.environ.get("IOTDA_EXPORT_FILES_DIR") or None,
                    help="result files, shared with the API replicas (default <data-dir>/files)")
     p.add_argument("--lease-seconds", type=float, default=float(os.environ.get("IOTDA_EXPORT_LEASE_SECONDS", "30")))
+    _log_flags(p)
     p.set_defaults(func=_worker)
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema (PostgreSQL: run once before"

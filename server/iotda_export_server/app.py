@@ -16,6 +16,7 @@ from .domain import auth, rules
 from .domain.batches import BatchService, seed_batch_task
 from .domain.exports import ExportJobs, ExportService
 from .domain.progress import ProgressHub
+from .metrics import Metrics
 from .runner.supervisor import Supervisor
 from .runner.worker import WorkerConfig
 from .store.changes import ChangeListener
@@ -155,13 +156,16 @@ class ExportServer:
 
         self.hub = hub = ProgressHub(self._load_tasks, poll_interval=self.config.watch_poll_seconds,
                                        heartbeat_seconds=self.config.watch_heartbeat_seconds)
+        self.metrics = metrics = Metrics()
+        metrics.watch_hub(lambda: hub.watchers)
+        metrics.watch_store(lambda: store.reader().count_exports_by_run_state())
         if shared:
             from .store.postgres import Listener
             self.listener = Listener(self.config.database, hub.poke)
             self.listener.start()
-        else:
-            self.changes = ChangeListener(self.data_dir, hub.poke)
-            self.changes.start()
+        # This process's workers (either store) report changes and finished runs over a socket.
+        self.changes = ChangeListener(self.data_dir, hub.poke, metrics.run_finished)
+        self.changes.start()
         worker_config = WorkerConfig(data_dir=str(self.data_dir), lease_seconds=self.config.lease_seconds,
                                      database=self.config.database, files_dir=str(files_dir))
         # Workers are spawned before any gRPC object exists in this process.
@@ -177,8 +181,8 @@ class ExportServer:
         front_end_key = secrets.token_hex(32)
         authenticator = auth.Authenticator(store, front_end_key)
         self.server, self.port, self.health = create_server(
-            self.config.grpc_addr, ExportTaskServicer(store, authenticator, exports, hub),
-            BatchTaskServicer(store, authenticator, BatchService(store)))
+            self.config.grpc_addr, ExportTaskServicer(store, authenticator, metrics, exports, hub),
+            BatchTaskServicer(store, authenticator, metrics, BatchService(store)))
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -188,7 +192,8 @@ class ExportServer:
             if grpc_host in ("", "0.0.0.0", "[::]", "::"):
                 grpc_host = "127.0.0.1"
             self.gateway = Gateway(f"{grpc_host}:{self.port}", [
-                d.services_by_name[n] for d, n in SERVICE_DESCRIPTORS], store, front_end_key, MAX_MESSAGE_BYTES)
+                d.services_by_name[n] for d, n in SERVICE_DESCRIPTORS], store, front_end_key, MAX_MESSAGE_BYTES,
+                metrics)
             http_host, http_port = self.config.http_addr.rsplit(":", 1)
             self.http_port = await self.gateway.start(http_host.strip("[]"), int(http_port))
         # Every process sweeps expired leases (an API-only replica too): exports never stay stuck.

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import ids, rules, validation
@@ -290,18 +291,22 @@ def _raise(e: Exception):
 class Claim:
     task: ExportTask
     run_token: str
+    claimed_at: float = field(default_factory=time.monotonic)
 
 
 class ExportJobs:
     """Claiming, progress, completion and recovery of export runs."""
 
-    def __init__(self, store, files, clock=ids.now_ms, lease_seconds: float = 30.0, on_change=None):
+    def __init__(self, store, files, clock=ids.now_ms, lease_seconds: float = 30.0, on_change=None,
+                 on_finished=None):
         self.store = store
         self.files = files
         self.clock = clock
         self.lease_ms = int(lease_seconds * 1000)
-        # Told the id of each task a run changed, after the commit (watchers in other processes).
+        # Told the id of each task a run changed, after the commit (watchers in other processes),
+        # and (export_task_id, outcome, rows, seconds) of each run that ended (metrics).
         self.on_change = on_change or (lambda _export_task_id: None)
+        self.on_finished = on_finished or (lambda _export_task_id, _outcome, _rows, _seconds: None)
 
     def _changed(self, claim: Claim, current: bool) -> bool:
         if current:
@@ -350,6 +355,7 @@ class ExportJobs:
                                   progress=rules.PROGRESS_DONE, export_count=rows, end_time=self.clock(),
                                   run_state="done", run_token=None, worker_id=None, lease_until=None,
                                   file_generation=current.file_generation + 1, file_size=size, file_sha256=sha256)
+        self.on_finished(task_id, "success", rows, time.monotonic() - claim.claimed_at)
         return self._changed(claim, True)
 
     def release(self, claim: Claim) -> bool:
@@ -365,6 +371,8 @@ class ExportJobs:
             current = tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
                                             status=rules.STATUS_FAILED, status_desc=reason, end_time=self.clock(),
                                             run_state="done", run_token=None, worker_id=None, lease_until=None)
+        if current:
+            self.on_finished(claim.task.export_task_id, "failed", 0, time.monotonic() - claim.claimed_at)
         return self._changed(claim, current)
 
     def recover(self, only_expired: bool = True) -> list[str]:

@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .. import logs
 from ..domain import rules
 from ..domain.exports import Claim, ExportJobs, inner_file_name
-from ..store import database_unavailable, is_postgres
+from ..store import database_unavailable
 from ..store.changes import ChangeAnnouncer
 from ..store.files import ResultFiles
 from .xls_writer import XlsZipWriter
@@ -37,6 +38,8 @@ log = logging.getLogger("iotda_export.worker")
 # vanish, small enough that cancel/stop and progress are seen every ~25 ms at full speed.
 READ_BATCH_ROWS = 4096
 PROGRESS_EVERY_SECONDS = 0.2
+# Added to a worker process's niceness when it starts.
+WORKER_NICE_INCREMENT = 10
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def _die_with_parent() -> None:
 
 
 def open_backend(config: WorkerConfig):
-    from ..store import open_store
+    from ..store import is_postgres, open_store
     store = open_store(config.data_dir, config.database, migrate=not is_postgres(config.database))
     files = ResultFiles(config.files_dir or pathlib.Path(config.data_dir) / "files")
     return store, files
@@ -264,12 +267,15 @@ def worker_main(config: WorkerConfig, worker_id: str, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGUSR1, lambda _s, _f: poke())  # the server: "an export was queued"
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # blocked by the supervisor until now
-    logging.basicConfig(level=os.environ.get("IOTDA_EXPORT_LOG_LEVEL", "INFO"),
-                        format=f"%(asctime)s %(levelname)s worker[{worker_id}] %(name)s: %(message)s")
+    logs.configure(f"worker[{worker_id}]")  # level and format from the environment the server passed
+    # Exports are batch work: on a shared host the API process's short calls go first (issue 5's
+    # GetExportTask p99 while exports run). A worker alone on a host still gets every idle cycle.
+    os.nice(WORKER_NICE_INCREMENT)
     store, files = open_backend(config)
-    # PostgreSQL tells the API replicas of changes itself (a trigger); SQLite needs our notices.
-    announce = None if is_postgres(config.database) else ChangeAnnouncer(config.data_dir)
-    jobs = ExportJobs(store, files, lease_seconds=config.lease_seconds, on_change=announce)
+    # Notices to the server that started us (PostgreSQL's trigger tells every replica too).
+    announce = ChangeAnnouncer(config.data_dir)
+    jobs = ExportJobs(store, files, lease_seconds=config.lease_seconds, on_change=announce,
+                      on_finished=announce.finished)
     while not stop.is_set() and os.getppid() == parent_pid:
         try:
             claim = jobs.claim(worker_id)

@@ -1,9 +1,12 @@
-"""Change notices from worker processes to the API process on one host (the embedded default).
+"""Notices from worker processes to the API process that started them (same host).
 
 PostgreSQL tells every replica of each changed export task (a trigger's NOTIFY). SQLite has no such
 thing, so the API process binds a Unix datagram socket in its data directory and each worker sends
 the id of every export task it changes. A notice is only a hint to re-read the task now rather than
 at the next poll: a lost or forged one costs at most an extra read, and polling stays the backstop.
+
+The same socket carries a report of each finished run (outcome, rows, seconds) for the metrics.
+Datagrams: "<export_task_id>" or "F <export_task_id> <outcome> <rows> <seconds>".
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from pathlib import Path
 log = logging.getLogger("iotda_export.changes")
 SOCKET_NAME = "changes.sock"
 MAX_NOTICE_BYTES = 256
+FINISHED_OUTCOMES = ("success", "failed")
 
 
 class ChangeListener:
     """The API process's end: calls `on_change(export_task_id)` in the event loop for each notice."""
 
-    def __init__(self, data_dir: str | os.PathLike, on_change: Callable[[str], None]):
+    def __init__(self, data_dir: str | os.PathLike, on_change: Callable[[str], None],
+                 on_finished: Callable[[str, int, float], None] | None = None):
         self.path = Path(data_dir) / SOCKET_NAME
         self.on_change = on_change
+        self.on_finished = on_finished or (lambda _outcome, _rows, _seconds: None)
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -58,7 +64,20 @@ class ChangeListener:
                 return
             except OSError:
                 return
-            self.on_change(data.decode("ascii", "replace"))
+            self._notice(data.decode("ascii", "replace"))
+
+    def _notice(self, text: str) -> None:
+        if not text.startswith("F "):
+            self.on_change(text)
+            return
+        try:
+            _, export_task_id, outcome, rows, seconds = text.split(" ")
+            rows_done, elapsed = int(rows), float(seconds)
+        except ValueError:
+            return  # not ours, or truncated: ignore it
+        if outcome in FINISHED_OUTCOMES and rows_done >= 0 and elapsed >= 0:
+            self.on_finished(outcome, rows_done, elapsed)
+        self.on_change(export_task_id)
 
     def close(self) -> None:
         if self._sock is None:
@@ -79,8 +98,14 @@ class ChangeAnnouncer:
         self._sock.setblocking(False)
 
     def __call__(self, export_task_id: str) -> None:
+        self._send(export_task_id)
+
+    def finished(self, export_task_id: str, outcome: str, rows: int, seconds: float) -> None:
+        self._send(f"F {export_task_id} {outcome} {rows} {seconds:.3f}")
+
+    def _send(self, text: str) -> None:
         try:
-            self._sock.sendto(export_task_id.encode("ascii", "replace")[:MAX_NOTICE_BYTES], self.path)
+            self._sock.sendto(text.encode("ascii", "replace")[:MAX_NOTICE_BYTES], self.path)
         except OSError:  # no server listening, its queue is full, or the path is too long
             pass
 

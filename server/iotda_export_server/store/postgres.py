@@ -103,6 +103,7 @@ def _qualified(alias: str) -> str:
 
 class PgStore:
     dialect = "postgresql"
+    fast_local_reads = False  # every read is a network round trip: never on the event loop
 
     def __init__(self, url: str):
         self.url = url

@@ -29,6 +29,8 @@ from google.protobuf import descriptor, json_format, message_factory
 from google.rpc import error_details_pb2, status_pb2
 
 from ..domain import errors as domain_errors
+from ..logs import request_id_var
+from ..metrics import CONTENT_TYPE_LATEST, Metrics
 from . import errors, signing
 from .servicers import FRONT_END_KEY, FRONT_END_USER
 
@@ -313,8 +315,9 @@ def status_of_rpc_error(exc: grpc.aio.AioRpcError) -> status_pb2.Status:
 
 class Gateway:
     def __init__(self, grpc_target: str, services: list[descriptor.ServiceDescriptor], store,
-                 gateway_key: str, max_message_bytes: int):
+                 gateway_key: str, max_message_bytes: int, metrics: Metrics | None = None):
         self.routes = routes_from(services)
+        self.metrics = metrics
         self.grpc_target = grpc_target
         self.store = store
         self.gateway_key = gateway_key
@@ -330,6 +333,9 @@ class Gateway:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes)])
         app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"max_field_size": 16384, "max_line_size": 65536})
+        if self.metrics is not None:
+            # Prometheus scrapes without credentials, as is usual: counts only, no ids or secrets.
+            app.router.add_get("/metrics", self.metrics_page)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -343,6 +349,10 @@ class Gateway:
             await self.runner.cleanup()
         if self.channel is not None:
             await self.channel.close()
+
+    async def metrics_page(self, _request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(self.metrics.exposition)  # reads the store
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # -- one request -----------------------------------------------------------------------------
 
@@ -398,6 +408,7 @@ class Gateway:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         request_id = secrets.token_hex(16)
+        request_id_var.set(request_id)
         status = 500
         try:
             response = await self._handle(request, request_id)
@@ -417,8 +428,10 @@ class Gateway:
             status = response.status
             return response
         finally:
-            log.info("http %s %s status=%d request_id=%s ms=%.1f", request.method, request.rel_url.raw_path,
-                     status, request_id, (time.monotonic() - started) * 1000)
+            ms = (time.monotonic() - started) * 1000
+            log.info("http %s %s %d %.1f ms", request.method, request.rel_url.raw_path, status, ms,
+                     extra={"http_method": request.method, "path": request.rel_url.raw_path, "status": status,
+                            "duration_ms": round(ms, 1)})
 
     def _error_response(self, status: status_pb2.Status, request_id: str, http_status: int | None = None,
                         extra_headers: dict[str, str] | None = None) -> web.Response:

@@ -1,14 +1,13 @@
-"""gRPC servicers: authenticate, authorize, call the domain in a thread, render, map errors.
+"""gRPC servicers: authenticate, authorize, call the domain, render, map errors, count.
 
 Every handler goes through `_call` (unary) or `_stream` (server streaming), which is the one place
 where credentials are read from metadata, the action is checked, blocking store work leaves the
-event loop, and domain errors become google.rpc.Status.
+event loop, domain errors become google.rpc.Status, and each call is counted, timed and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import secrets
 import time
@@ -22,14 +21,15 @@ from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
 
 from ..domain import auth, rules, validation
 from ..domain.batches import BatchService
-from ..domain.errors import ExportTaskNotFound
+from ..domain.errors import DomainError, ExportTaskNotFound, QuotaExceeded, RateLimited
 from ..domain.exports import ExportService
 from ..domain.model import Caller
 from ..domain.progress import ProgressHub
+from ..logs import request_id_var, user_var
+from ..metrics import Metrics
 from . import errors, render
 
 log = logging.getLogger("iotda_export.rpc")
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 # Metadata with which the HTTP gateway vouches for a caller whose AK/SK signature it verified.
 FRONT_END_USER = "x-iotda-gateway-user"
@@ -54,53 +54,86 @@ def bearer_token(md: dict[str, str]) -> str:
 class Handlers:
     """What every servicer shares: authentication and the call wrappers."""
 
-    def __init__(self, store, authenticator: auth.Authenticator):
+    def __init__(self, store, authenticator: auth.Authenticator, metrics: Metrics):
         self.store = store
         self.authenticator = authenticator
+        self.metrics = metrics
 
-    async def _caller(self, context, project_id: str, operation: str) -> Caller:
-        md = _metadata(context)
-        principal = await asyncio.to_thread(self.authenticator.authenticate, bearer_token(md),
-                                            md.get(FRONT_END_USER, ""), md.get(FRONT_END_KEY, ""))
+    def _authorize(self, md: dict[str, str], project_id: str, operation: str) -> Caller:
+        """Blocking (reads the store): who is calling, and may they do `operation`."""
+        principal = self.authenticator.authenticate(bearer_token(md), md.get(FRONT_END_USER, ""),
+                                                    md.get(FRONT_END_KEY, ""))
+        user_var.set(principal.user)
         caller = Caller(principal=principal, project_id=validation.project_id(project_id),
                         instance_id=validation.instance_id(md.get("instance-id", "")))
         auth.authorize(caller, operation)
         return caller
 
+    def _authorized_work(self, md: dict[str, str], project_id: str, operation: str, work):
+        caller = self._authorize(md, project_id, operation)
+        return caller, work(caller)
+
     @staticmethod
-    def _begin(context) -> str:
-        request_id = _metadata(context).get("x-request-id", "")[:64] or secrets.token_hex(16)
+    def _begin(md: dict[str, str]) -> str:
+        request_id = md.get("x-request-id", "")[:64] or secrets.token_hex(16)
         request_id_var.set(request_id)
         return request_id
 
-    async def _call(self, operation: str, request, context, fn, *, http_code: int | None = None):
-        request_id = self._begin(context)
+    def _refused(self, exc: Exception, request_id: str) -> DomainError:
+        err = errors.from_exception(exc, request_id)
+        if isinstance(err, (QuotaExceeded, RateLimited)):
+            self.metrics.refusals.labels(err.reason, err.quota_id).inc()
+        return err
+
+    def _done(self, operation: str, code: str, started: float) -> None:
+        seconds = time.monotonic() - started
+        self.metrics.rpcs.labels(operation, code).inc()
+        self.metrics.rpc_seconds.labels(operation).observe(seconds)
+        log.info("rpc %s %s %.1f ms", operation, code, seconds * 1000,
+                 extra={"rpc": operation, "code": code, "duration_ms": round(seconds * 1000, 1)})
+
+    async def _call(self, operation: str, request, context, work, *, http_code: int | None = None,
+                    point_reads: bool = False):
+        """A unary RPC: `work(caller) -> response` runs with the authentication in one worker thread
+        (under load the thread hops, not the reads, cost most), or, when it does only a few point
+        reads of a store that serves them locally (SQLite), right here on the event loop."""
+        md = _metadata(context)
+        request_id = self._begin(md)
         started = time.monotonic()
         code = "OK"
         try:
-            caller = await self._caller(context, request.project_id, operation)
-            headers = [("x-request-id", request_id)]
+            if point_reads and self.store.fast_local_reads:
+                caller, response = self._authorized_work(md, request.project_id, operation, work)
+            else:
+                caller, response = await asyncio.to_thread(
+                    self._authorized_work, md, request.project_id, operation, work)
+                user_var.set(caller.principal.user)  # set in the thread's copy of the context
             if http_code:
-                headers.append(("x-http-code", str(http_code)))  # read by HTTP gateways (201, 204)
-            await context.send_initial_metadata(headers)
-            return await fn(caller)
+                # Initial metadata is a send of its own: only when an HTTP gateway needs the code
+                # (201, 204) before the body; otherwise the request id rides with the status.
+                await context.send_initial_metadata([("x-request-id", request_id), ("x-http-code", str(http_code))])
+            else:
+                context.set_trailing_metadata([("x-request-id", request_id)])
+            return response
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - every error leaves as a google.rpc.Status
-            err = errors.from_exception(exc, request_id)
+            err = self._refused(exc, request_id)
             code = errors.grpc_code(err).name
             await errors.abort(context, err)
         finally:
-            log.info("rpc %s code=%s request_id=%s ms=%.1f", operation, code, request_id,
-                     (time.monotonic() - started) * 1000)
+            self._done(operation, code, started)
 
     async def _stream(self, operation: str, request, context, gen_fn):
         """Server streaming: every check happens before the first message (after it, an HTTP
         gateway can no longer change the status)."""
-        request_id = self._begin(context)
+        md = _metadata(context)
+        request_id = self._begin(md)
+        started = time.monotonic()
         code = "OK"
         try:
-            caller = await self._caller(context, request.project_id, operation)
+            caller = await asyncio.to_thread(self._authorize, md, request.project_id, operation)
+            user_var.set(caller.principal.user)
             agen = gen_fn(caller)
             first = await agen.__anext__()
             await context.send_initial_metadata([("x-request-id", request_id)])
@@ -115,11 +148,11 @@ class Handlers:
             code = "CANCELLED"
             raise
         except Exception as exc:  # noqa: BLE001
-            err = errors.from_exception(exc, request_id)
+            err = self._refused(exc, request_id)
             code = errors.grpc_code(err).name
             await errors.abort(context, err)
         finally:
-            log.info("rpc %s code=%s request_id=%s", operation, code, request_id)
+            self._done(operation, code, started)
 
 
 def run(fn, *args):
@@ -128,43 +161,43 @@ def run(fn, *args):
 
 
 class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
-    def __init__(self, store, authenticator, exports: ExportService, hub: ProgressHub):
-        super().__init__(store, authenticator)
+    def __init__(self, store, authenticator, metrics: Metrics, exports: ExportService, hub: ProgressHub):
+        super().__init__(store, authenticator, metrics)
         self.exports = exports
         self.hub = hub
 
     async def CreateExportTask(self, request, context):
-        async def fn(caller):
-            task = await run(self.exports.create, caller, render.create_export_request(request))
+        def work(caller):
+            task = self.exports.create(caller, render.create_export_request(request))
             return epb.CreateExportTaskResponse(export_task=render.export_task(task))
-        return await self._call("CreateExportTask", request, context, fn, http_code=201)
+        return await self._call("CreateExportTask", request, context, work, http_code=201)
 
     async def ListExportTasks(self, request, context):
-        async def fn(caller):
-            tasks, page = await run(self.exports.list, caller, render.list_export_filter(request),
-                                    render.optional_int(request, "limit"), render.optional_int(request, "offset"),
-                                    request.marker)
+        def work(caller):
+            tasks, page = self.exports.list(caller, render.list_export_filter(request),
+                                            render.optional_int(request, "limit"),
+                                            render.optional_int(request, "offset"), request.marker)
             return epb.ListExportTasksResponse(export_tasks=[render.export_task(t) for t in tasks],
                                                page=render.page(page))
-        return await self._call("ListExportTasks", request, context, fn)
+        return await self._call("ListExportTasks", request, context, work, point_reads=True)
 
     async def GetExportTask(self, request, context):
-        async def fn(caller):
-            task = await run(self.exports.get, caller, request.export_task_id)
+        def work(caller):
+            task = self.exports.get(caller, request.export_task_id)
             return epb.GetExportTaskResponse(export_task=render.export_task(task))
-        return await self._call("GetExportTask", request, context, fn)
+        return await self._call("GetExportTask", request, context, work, point_reads=True)
 
     async def DeleteExportTask(self, request, context):
-        async def fn(caller):
-            await run(self.exports.delete, caller, request.export_task_id)
+        def work(caller):
+            self.exports.delete(caller, request.export_task_id)
             return epb.DeleteExportTaskResponse()
-        return await self._call("DeleteExportTask", request, context, fn, http_code=204)
+        return await self._call("DeleteExportTask", request, context, work, http_code=204)
 
     async def CancelExportTask(self, request, context):
-        async def fn(caller):
-            task = await run(self.exports.cancel, caller, request.export_task_id)
+        def work(caller):
+            task = self.exports.cancel(caller, request.export_task_id)
             return epb.CancelExportTaskResponse(export_task=render.export_task(task))
-        return await self._call("CancelExportTask", request, context, fn)
+        return await self._call("CancelExportTask", request, context, work)
 
     def ShowExportTask(self, request, context):
         async def chunks(caller):
@@ -223,45 +256,45 @@ def _watch_event(topic, heartbeat: bool) -> bytes:
 
 
 class BatchTaskServicer(Handlers, bpb_grpc.BatchTaskServiceServicer):
-    def __init__(self, store, authenticator, batches: BatchService):
-        super().__init__(store, authenticator)
+    def __init__(self, store, authenticator, metrics: Metrics, batches: BatchService):
+        super().__init__(store, authenticator, metrics)
         self.batches = batches
 
     async def CreateBatchTask(self, request, context):
-        async def fn(caller):
-            task = await run(self.batches.create, caller, render.create_batch_request(request))
+        def work(caller):
+            task = self.batches.create(caller, render.create_batch_request(request))
             return bpb.CreateBatchTaskResponse(batchtask=render.batch_task(task))
-        return await self._call("CreateBatchTask", request, context, fn, http_code=201)
+        return await self._call("CreateBatchTask", request, context, work, http_code=201)
 
     async def ShowBatchTask(self, request, context):
-        async def fn(caller):
-            task, details, page = await run(
-                self.batches.show, caller, request.task_id, request.task_detail_status, request.target,
+        def work(caller):
+            task, details, page = self.batches.show(
+                caller, request.task_id, request.task_detail_status, request.target,
                 render.optional_int(request, "limit"), render.optional_int(request, "offset"), request.marker)
             return bpb.ShowBatchTaskResponse(batchtask=render.batch_task(task),
                                              task_details=[render.subtask(s) for s in details],
                                              page=render.page(page))
-        return await self._call("ShowBatchTask", request, context, fn)
+        return await self._call("ShowBatchTask", request, context, work)
 
     async def ListBatchTasks(self, request, context):
-        async def fn(caller):
-            tasks, page = await run(
-                self.batches.list, caller, request.app_id, request.task_type, request.status,
+        def work(caller):
+            tasks, page = self.batches.list(
+                caller, request.app_id, request.task_type, request.status,
                 render.optional_int(request, "limit"), render.optional_int(request, "offset"), request.marker)
             return bpb.ListBatchTasksResponse(batchtasks=[render.batch_task(t, with_targets=False) for t in tasks],
                                               page=render.page(page))
-        return await self._call("ListBatchTasks", request, context, fn)
+        return await self._call("ListBatchTasks", request, context, work)
 
     async def DeleteBatchTask(self, request, context):
-        async def fn(caller):
-            await run(self.batches.delete, caller, request.task_id)
+        def work(caller):
+            self.batches.delete(caller, request.task_id)
             return bpb.DeleteBatchTaskResponse()
-        return await self._call("DeleteBatchTask", request, context, fn, http_code=204)
+        return await self._call("DeleteBatchTask", request, context, work, http_code=204)
 
     async def RecordSubtaskResults(self, request, context):
-        async def fn(caller):
-            task = await run(self.batches.record_results, caller, request.task_id, render.subtask_results(request))
+        def work(caller):
+            task = self.batches.record_results(caller, request.task_id, render.subtask_results(request))
             return bpb.RecordSubtaskResultsResponse(batchtask=render.batch_task(task, with_targets=False))
-        return await self._call("RecordSubtaskResults", request, context, fn)
+        return await self._call("RecordSubtaskResults", request, context, work)
 
 

@@ -1,0 +1,86 @@
+"""Prometheus metrics of one server process, served at /metrics on the HTTP port.
+
+One registry per ExportServer (tests run several in one process). Names start with
+`iotda_export_`; no label carries a user, project or task id (cardinality, and privacy).
+
+- RPCs: counted by method and status code, timed by method (transport/servicers.py).
+- Refusals: quota and rate limits by reason and quota id (the same place).
+- Watchers: WatchProgress streams open in this process (read from the hub at scrape time).
+- Exports queued and running: read from the store at scrape time, so every replica reports the
+  fleet's figures, not its own share.
+- Finished export runs: duration, rows and rows/s, observed by this process for the runs its own
+  workers finished (they report each one over the change-notice socket, store/changes.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401 - re-exported for the gateway
+from prometheus_client.core import GaugeMetricFamily
+
+RPC_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+EXPORT_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+EXPORT_ROWS_BUCKETS = (100, 1_000, 10_000, 30_000, 65_535, 100_000, 300_000, 1_000_000, 3_000_000)
+ROWS_PER_SECOND_BUCKETS = (1_000, 10_000, 25_000, 50_000, 100_000, 150_000, 200_000, 300_000)
+
+
+class _ExportQueue:
+    """Exports queued and running, counted in the store when scraped."""
+
+    def __init__(self, count: Callable[[], dict[str, int]]):
+        self._count = count
+
+    def collect(self):
+        family = GaugeMetricFamily("iotda_export_exports", "Export runs by state (queued, running), from the store.",
+                                   labels=["state"])
+        counts = self._count()
+        for state in ("queued", "running"):
+            family.add_metric([state], counts.get(state, 0))
+        yield family
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.rpcs = Counter("iotda_export_rpcs", "RPCs handled, by method and gRPC status code.",
+                            ["method", "code"], registry=r)
+        self.rpc_seconds = Histogram("iotda_export_rpc_duration_seconds",
+                                     "Time to answer a unary RPC (or to end a stream), by method.",
+                                     ["method"], buckets=RPC_SECONDS_BUCKETS, registry=r)
+        self.refusals = Counter("iotda_export_refusals", "Calls refused by a quota or rate limit.",
+                                ["reason", "quota"], registry=r)
+        self.watchers = Gauge("iotda_export_watchers", "WatchProgress streams open in this process.", registry=r)
+        self.export_runs = Counter("iotda_export_runs_finished", "Export runs finished by this process's workers.",
+                                   ["outcome"], registry=r)
+        self.export_seconds = Histogram("iotda_export_run_duration_seconds",
+                                        "Export run time, claim to finished zip (successful runs).",
+                                        buckets=EXPORT_SECONDS_BUCKETS, registry=r)
+        self.export_rows = Histogram("iotda_export_run_rows", "Rows written per successful export run.",
+                                     buckets=EXPORT_ROWS_BUCKETS, registry=r)
+        self.export_rows_per_second = Histogram("iotda_export_run_rows_per_second",
+                                                "Rows per second of each successful export run.",
+                                                buckets=ROWS_PER_SECOND_BUCKETS, registry=r)
+        self.rows_written = Counter("iotda_export_rows_written", "Rows written by successful export runs"
+                                    " (rate() of it is the rows/s being exported).", registry=r)
+
+    def watch_hub(self, count_watchers: Callable[[], int]) -> None:
+        self.watchers.set_function(count_watchers)
+
+    def watch_store(self, count_exports: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_ExportQueue(count_exports))
+
+    def run_finished(self, outcome: str, rows: int = 0, seconds: float = 0.0) -> None:
+        self.export_runs.labels(outcome).inc()
+        if outcome == "success":
+            self.export_seconds.observe(seconds)
+            self.export_rows.observe(rows)
+            self.rows_written.inc(rows)
+            if seconds > 0:
+                self.export_rows_per_second.observe(rows / seconds)
+
+    def exposition(self) -> bytes:
+        """The text format (blocking: it may read the store)."""
+        return generate_latest(self.registry)

@@ -1,0 +1,158 @@
+"""Operability: /metrics on the HTTP port moves with what the server does, and the logs are
+structured (JSON lines when asked) with the request id and the user on each line, no secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from iotda.export.v1 import export_task_pb2 as epb
+from iotda_export_server.domain.batches import seed_batch_task
+from iotda_export_server.testing import ServerThread
+
+from conftest import make_user, refused, wait_for, worker_process
+
+
+def scrape(server: ServerThread) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics, keyed by (sample name, sorted labels)."""
+    with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=10) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=")  # the Prometheus text format
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def _create(user, task_id: str) -> epb.ExportTask:
+    return user.exports.CreateExportTask(epb.CreateExportTaskRequest(
+        project_id=user.project_id, resource_type="BatchTask",
+        resource_condition=epb.ResourceCondition(task_id=task_id)), metadata=user.metadata).export_task
+
+
+def _status(user, export_task_id: str) -> str:
+    return user.exports.GetExportTask(epb.GetExportTaskRequest(
+        project_id=user.project_id, export_task_id=export_task_id), metadata=user.metadata).export_task.status
+
+
+def test_metrics_count_rpcs_refusals_watchers_queue_and_finished_runs(tmp_path):
+    server = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            user = make_user(server, channel)
+            before = scrape(server)
+            batches = [seed_batch_task(server.store, user.project_id, "", 1200, seed=20 + i) for i in range(6)]
+            exports = [_create(user, b) for b in batches[:5]]
+            refused(lambda: _create(user, batches[5]), grpc.StatusCode.RESOURCE_EXHAUSTED)  # 5 unfinished
+            refused(lambda: _status(user, "0" * 24), grpc.StatusCode.NOT_FOUND)
+            watch = user.exports.WatchProgress(epb.WatchProgressRequest(
+                project_id=user.project_id, export_task_id=exports[0].export_task_id), metadata=user.metadata)
+            next(watch)  # the first event: the stream is open
+
+            queued = scrape(server)
+            assert value(queued, "iotda_export_exports", state="queued") == 5
+            assert value(queued, "iotda_export_exports", state="running") == 0
+            assert value(queued, "iotda_export_watchers") == 1
+            assert value(queued, "iotda_export_rpcs_total", method="CreateExportTask", code="OK") \
+                - value(before, "iotda_export_rpcs_total", method="CreateExportTask", code="OK") == 5
+            assert value(queued, "iotda_export_rpcs_total", method="CreateExportTask", code="RESOURCE_EXHAUSTED") == 1
+            assert value(queued, "iotda_export_rpcs_total", method="GetExportTask", code="NOT_FOUND") == 1
+            assert value(queued, "iotda_export_refusals_total", reason="QUOTA_EXCEEDED",
+                         quota="unfinished-export-tasks-per-user") == 1
+            assert value(queued, "iotda_export_rpc_duration_seconds_count", method="CreateExportTask") == 6
+
+            with worker_process(server):  # a worker on this data directory reports its runs
+                wait_for(lambda: all(_status(user, e.export_task_id) == "Success" for e in exports),
+                         timeout=60, what="the five exports")
+                wait_for(lambda: value(scrape(server), "iotda_export_runs_finished_total", outcome="success") == 5,
+                         timeout=10, what="the runs to be reported")
+            watch.cancel()
+            wait_for(lambda: value(scrape(server), "iotda_export_watchers") == 0, timeout=10,
+                     what="the watcher to be gone")
+
+            done = scrape(server)
+            assert value(done, "iotda_export_exports", state="queued") == 0
+            assert value(done, "iotda_export_run_rows_count") == 5
+            assert value(done, "iotda_export_run_rows_sum") == 5 * 1200
+            assert value(done, "iotda_export_rows_written_total") == 5 * 1200
+            assert value(done, "iotda_export_run_duration_seconds_count") == 5
+            assert value(done, "iotda_export_run_rows_per_second_count") == 5
+
+            # A second download within 30 s is a rate refusal.
+            def download():
+                return list(user.exports.ShowExportTask(epb.ShowExportTaskRequest(
+                    project_id=user.project_id, export_task_id=exports[1].export_task_id), metadata=user.metadata))
+            download()
+            refused(download, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            limited = scrape(server)
+            assert value(limited, "iotda_export_refusals_total", reason="RATE_LIMIT_EXCEEDED",
+                         quota="downloads-per-user-per-30s") == 1
+            assert value(limited, "iotda_export_rpcs_total", method="ShowExportTask", code="OK") == 1
+            assert value(limited, "iotda_export_rpcs_total", method="ShowExportTask", code="RESOURCE_EXHAUSTED") == 1
+    finally:
+        server.stop()
+
+
+def test_json_logs_carry_request_id_and_user_and_no_secret(tmp_path):
+    data = tmp_path / "data"
+    log_path = tmp_path / "serve.err"
+    with open(log_path, "w") as err, open(tmp_path / "serve.out", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iotda_export_client.cli", "serve", "--data-dir", str(data), "--grpc-addr",
+             "127.0.0.1:0", "--workers", "1", "--log-format", "json"],
+            stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "IOTDA_EXPORT_LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"})
+    try:
+        def address():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            g = re.search(r"listening on (\S+) \(gRPC\)", (tmp_path / "serve.out").read_text())
+            return g and g.group(1)
+
+        grpc_addr = wait_for(address, 30, what="serve to print its address")
+        creds = json.loads((data / "credentials.json").read_text())
+        md = (("authorization", f"Bearer {creds['token']}"), ("x-request-id", "req-observability-1"))
+        seeded = subprocess.run([sys.executable, "-m", "iotda_export_client.cli", "seed", "--data-dir", str(data),
+                                 "--subtasks", "500", "--json"], capture_output=True, text=True, timeout=60)
+        assert seeded.returncode == 0, seeded.stderr
+        task_id = json.loads(seeded.stdout)["task_id"]
+        with grpc.insecure_channel(grpc_addr) as ch:
+            from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
+            exports = epb_grpc.ExportTaskServiceStub(ch)
+            created = exports.CreateExportTask(epb.CreateExportTaskRequest(
+                project_id=creds["project_id"], resource_type="BatchTask",
+                resource_condition=epb.ResourceCondition(task_id=task_id)), metadata=md, timeout=10).export_task
+            final = list(exports.WatchProgress(epb.WatchProgressRequest(
+                project_id=creds["project_id"], export_task_id=created.export_task_id), metadata=md, timeout=60))[-1]
+            assert final.export_task.status == "Success"
+            refused(lambda: exports.ListExportTasks(epb.ListExportTasksRequest(project_id=creds["project_id"]),
+                                                    metadata=(("authorization", "Bearer " + "0" * 64),), timeout=10),
+                    grpc.StatusCode.UNAUTHENTICATED)
+
+        def lines():
+            return [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+
+        wait_for(lambda: any(e.get("rpc") == "WatchProgress" for e in lines()), 10, what="the watch's log line")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    text = log_path.read_text()
+    events = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line is JSON
+    for key in ("token", "sk", "ak"):
+        assert creds[key] not in text, f"the {key} is in the log"
+    assert {"time", "level", "logger", "message", "request_id", "user", "process"} <= set(events[0])
+    ours = [e for e in events if e["request_id"] == "req-observability-1"]
+    assert {e.get("rpc") for e in ours} >= {"CreateExportTask", "WatchProgress"}
+    assert all(e["user"] == creds["user"] for e in ours if "rpc" in e)
+    refusal = [e for e in events if e.get("rpc") == "ListExportTasks"]
+    assert refusal and refusal[-1]["code"] == "UNAUTHENTICATED" and refusal[-1]["user"] == "-"
+    assert any(e["process"].startswith("worker") for e in events), "the worker's lines are JSON too"
