@@ -195,9 +195,9 @@ def serve(name: str, log_dir: pathlib.Path, database: str, data_dir: pathlib.Pat
 
 
 def worker(name: str, log_dir: pathlib.Path, database: str, data_dir: pathlib.Path, files_dir: pathlib.Path,
-           workers: int = 1, lease_seconds: float = 3) -> Proc:
+           workers: int = 1, lease_seconds: float = 3, *extra: str) -> Proc:
     return Proc(name, ["worker", "--database", database, "--data-dir", str(data_dir), "--files-dir", str(files_dir),
-                       "--workers", str(workers), "--lease-seconds", str(lease_seconds)], log_dir)
+                       "--workers", str(workers), "--lease-seconds", str(lease_seconds), *extra], log_dir)
 
 
 def _cluster() -> str:

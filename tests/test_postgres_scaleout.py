@@ -16,10 +16,12 @@ import pathlib
 import subprocess
 import threading
 import time
+import urllib.request
 import zipfile
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import pg_support as ps
 from conftest import wait_for
@@ -45,6 +47,7 @@ class Fleet:
         self.big_seed: subprocess.Popen | None = None
         self._big_task_id: str | None = None
         self.state: dict = {}
+        self.metrics_urls: dict[str, str] = {}
         self._store = None
 
     def serve(self, name: str) -> ps.Proc:
@@ -54,9 +57,10 @@ class Fleet:
         return p
 
     def worker(self, name: str) -> ps.Proc:
-        p = ps.worker(name, self.root, self.db.url, self.root / name, self.files_dir, workers=1,
-                      lease_seconds=LEASE_SECONDS)
+        p = ps.worker(name, self.root, self.db.url, self.root / name, self.files_dir, 1, LEASE_SECONDS,
+                      "--metrics-addr", "127.0.0.1:0")
         self.procs.append(p)
+        self.metrics_urls[name] = p.wait_line(r"metrics on (http://\S+/metrics)").group(1)
         p.wait_line("worker running 1 export processes")
         wait_for(lambda: p.children(), timeout=10, what=f"{name}'s export process")
         return p
@@ -285,6 +289,18 @@ def test_watch_on_a_follows_export_created_on_b_run_by_a_worker(fleet):
         f"progress did not arrive while the export ran: {[(round(at - end_ms), t.progress) for at, t in events]}"
     lag_ms = events[-1][0] - end_ms
     assert lag_ms < 2000, f"Success reached replica A's watcher {lag_ms:.0f} ms after it happened"
+    # The worker that ran it counted the run on its own /metrics; the queue gauge reads the database.
+    def finished_runs() -> float:
+        total = 0.0
+        for url in fleet.metrics_urls.values():
+            with urllib.request.urlopen(url, timeout=10) as r:
+                text = r.read().decode()
+            samples = {s.name + str(sorted(s.labels.items())): s.value
+                       for f in text_string_to_metric_families(text) for s in f.samples}
+            assert "iotda_export_exports[('state', 'running')]" in samples, sorted(samples)[:20]
+            total += samples.get("iotda_export_run_rows_sum[]", 0.0)
+        return total
+    wait_for(lambda: finished_runs() >= BIG_SUBTASKS, timeout=10, what="the run on a worker's /metrics")
     print(f"\nwatch: {len(events)} events, {len(during)} while running, over {end_ms - min(during):.0f} ms;"
           f" Success seen {lag_ms:.0f} ms after it")
     fleet.state["undisturbed"] = (export.export_task_id, fleet.files_dir / f"{export.export_task_id}.zip")

@@ -91,7 +91,7 @@ def _worker(args: argparse.Namespace) -> int:
     _configure_logs("workers", args)
     config = ServerConfig(data_dir=args.data_dir, database=args.database, files_dir=args.files_dir,
                           workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
-                          lease_seconds=args.lease_seconds)
+                          lease_seconds=args.lease_seconds, metrics_addr=args.metrics_addr)
     try:
         return asyncio.run(run_workers(config))
     except (ValueError, RuntimeError, OSError) as e:
@@ -567,7 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="export worker processes (default: cores)")
     p.add_argument("--files-dir", default=os.environ.get("IOTDA_EXPORT_FILES_DIR") or None,
                    help="result files, shared with the API replicas (default <data-dir>/files)")
-    p.add_argument("--lease-seconds", type=float, default=float(os.environ.get("IOTDA_EXPORT_LEASE_SECONDS", "30")))
+    p.add_argument("--lease-seconds", type=float, default=float(os.environ.get("IOTDA_EXPORT_LEASE_SECONDS", "30")),
+                   help="a running export whose worker stops renewing its lease this long is taken over;"
+                        " use the same value on every process")
+    p.add_argument("--metrics-addr", default=os.environ.get("IOTDA_EXPORT_METRICS_ADDR") or None,
+                   help="HOST:PORT to serve /metrics (Prometheus) for these workers' runs; port 0 picks one"
+                        " (printed); needs a --data-dir of its own")
     _log_flags(p)
     p.set_defaults(func=_worker)
 

@@ -42,6 +42,8 @@ class ServerConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     lease_seconds: float = 30.0
     watch_poll_seconds: float = 0.2
+    # `iotda-export worker` only: HOST:PORT of its own /metrics (it has no HTTP gateway).
+    metrics_addr: str | None = None
     # A WatchProgress stream hears at least this often (keeps idle proxies from closing it).
     watch_heartbeat_seconds: float = rules.WATCH_HEARTBEAT_SECONDS
     grace_seconds: float = 5.0
@@ -171,6 +173,8 @@ class ExportServer:
         # Workers are spawned before any gRPC object exists in this process.
         self.supervisor = Supervisor(worker_config, self.config.workers, jobs, on_change=hub.poke)
         self.supervisor.start()
+        if not shared and self.config.workers == 0:
+            log.warning("no export workers: exports stay queued until a worker process runs on %s", self.data_dir)
 
         def on_change(export_task_id: str) -> None:
             hub.poke(export_task_id)
@@ -258,6 +262,18 @@ async def run_workers(config: ServerConfig) -> int:
     store = open_store(data_dir, config.database, migrate=False)
     files = ResultFiles(pathlib.Path(config.files_dir) if config.files_dir else data_dir / "files")
     jobs = ExportJobs(store, files, lease_seconds=config.lease_seconds)
+    lock = changes = metrics_server = None
+    if config.metrics_addr:
+        from prometheus_client import start_http_server
+        lock = DataDirLock(data_dir)
+        lock.acquire()  # the notice socket in the data directory is this process's alone
+        metrics = Metrics()
+        metrics.watch_store(lambda: store.reader().count_exports_by_run_state())
+        changes = ChangeListener(data_dir, lambda _export_task_id: None, metrics.run_finished)
+        changes.start()  # before the workers start: they report each finished run to it
+        host, port = config.metrics_addr.rsplit(":", 1)
+        metrics_server, _ = start_http_server(int(port), host.strip("[]"), registry=metrics.registry)
+        print(f"iotda-export worker metrics on http://{host}:{metrics_server.server_port}/metrics", flush=True)
     supervisor = Supervisor(WorkerConfig(data_dir=str(data_dir), lease_seconds=config.lease_seconds,
                                          database=config.database, files_dir=str(files.dir)), config.workers, jobs)
     supervisor.start()
@@ -270,4 +286,10 @@ async def run_workers(config: ServerConfig) -> int:
     await stop.wait()
     sweeper.cancel()
     await asyncio.to_thread(supervisor.stop)
+    if metrics_server is not None:
+        metrics_server.shutdown()
+    if changes is not None:
+        changes.close()
+    if lock is not None:
+        lock.release()
     return 0

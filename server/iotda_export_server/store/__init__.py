@@ -6,8 +6,6 @@ import os
 import pathlib
 import sys
 
-DATABASE_ENV = "IOTDA_EXPORT_DATABASE"
-
 
 def is_postgres(database: str | None) -> bool:
     return bool(database) and database.startswith(("postgresql://", "postgres://"))

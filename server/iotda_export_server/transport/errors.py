@@ -113,9 +113,12 @@ def _is_database_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, (psycopg.OperationalError, psycopg.errors.AdminShutdown))
 
 
-async def abort(context: grpc.aio.ServicerContext, err: e.DomainError) -> None:
+async def abort(context: grpc.aio.ServicerContext, err: e.DomainError, request_id: str | None = None) -> None:
     status = to_status(err)
-    await context.abort(grpc_code(err), status.message, rpc_status.to_status(status).trailing_metadata)
+    trailing = rpc_status.to_status(status).trailing_metadata
+    if request_id:
+        trailing = (*trailing, ("x-request-id", request_id))
+    await context.abort(grpc_code(err), status.message, trailing)
 
 
 assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]

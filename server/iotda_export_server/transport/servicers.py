@@ -120,7 +120,7 @@ class Handlers:
         except Exception as exc:  # noqa: BLE001 - every error leaves as a google.rpc.Status
             err = self._refused(exc, request_id)
             code = errors.grpc_code(err).name
-            await errors.abort(context, err)
+            await errors.abort(context, err, request_id)
         finally:
             self._done(operation, code, started)
 
@@ -150,7 +150,7 @@ class Handlers:
         except Exception as exc:  # noqa: BLE001
             err = self._refused(exc, request_id)
             code = errors.grpc_code(err).name
-            await errors.abort(context, err)
+            await errors.abort(context, err, request_id)
         finally:
             self._done(operation, code, started)
 
