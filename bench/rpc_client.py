@@ -1,6 +1,7 @@
 """Load generators and the echo server of the RPC figures, each run as its own process.
 
     python -m bench.rpc_client echo-server
+    python -m bench.rpc_client fanout-server   (SIGUSR1: send every WatchProgress stream its final event)
     python -m bench.rpc_client rate      ADDR TOKEN PROJECT EXPORT_ID RPS SECONDS [echo]
     python -m bench.rpc_client saturate  ADDR TOKEN PROJECT EXPORT_ID CONCURRENCY SECONDS [echo]
     python -m bench.rpc_client watch     ADDR TOKEN PROJECT EXPORT_ID STREAMS CHANNELS TIMEOUT
@@ -53,6 +54,44 @@ def echo_server() -> None:
         print(json.dumps({"port": port}), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop(0)
+
+    asyncio.run(serve())
+
+
+def fanout_server() -> None:
+    """The floor of the WatchProgress figure: a bare grpc.aio server that answers every WatchProgress
+    call with one Processing event, and on SIGUSR1 sends every stream the same pre-encoded Success
+    event (end_time = the moment it starts sending) and ends them."""
+    from iotda.export.v1 import export_task_pb2 as epb
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        final: asyncio.Future[bytes] = loop.create_future()
+        first = epb.WatchProgressResponse(export_task=epb.ExportTask(status="Processing"), sequence=1)
+
+        async def watch(request: bytes, context: grpc.aio.ServicerContext):
+            yield first.SerializeToString()
+            yield await final
+
+        def publish() -> None:
+            end = time.time()
+            end_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(end)) + f".{int(end * 1000) % 1000:03d}Z"
+            final.set_result(epb.WatchProgressResponse(export_task=epb.ExportTask(
+                status="Success", end_time=end_text), sequence=2).SerializeToString())
+
+        server = grpc.aio.server(options=(("grpc.server.max_pending_requests", 10_000),
+                                          ("grpc.server.max_pending_requests_hard_limit", 20_000)))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "iotda.export.v1.ExportTaskService", {"WatchProgress": grpc.unary_stream_rpc_method_handler(watch)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(json.dumps({"port": port}), flush=True)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGUSR1, publish)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
@@ -203,6 +242,9 @@ def main(argv: list[str]) -> None:
     mode, *args = argv
     if mode == "echo-server":
         echo_server()
+        return
+    if mode == "fanout-server":
+        fanout_server()
         return
     result = {"rate": rate, "saturate": saturate, "watch": watch}[mode](*args)
     print(json.dumps(result), flush=True)
