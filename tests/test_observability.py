@@ -137,6 +137,10 @@ def test_json_logs_carry_request_id_and_user_and_no_secret(tmp_path):
             refused(lambda: exports.ListExportTasks(epb.ListExportTasksRequest(project_id=creds["project_id"]),
                                                     metadata=(("authorization", "Bearer " + "0" * 64),), timeout=10),
                     grpc.StatusCode.UNAUTHENTICATED)
+            # A refusal after authentication, from a call whose work runs in a thread.
+            refused(lambda: exports.CancelExportTask(epb.CancelExportTaskRequest(
+                project_id=creds["project_id"], export_task_id="0" * 24), metadata=md, timeout=10),
+                grpc.StatusCode.NOT_FOUND)
 
         def lines():
             return [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
@@ -155,4 +159,6 @@ def test_json_logs_carry_request_id_and_user_and_no_secret(tmp_path):
     assert all(e["user"] == creds["user"] for e in ours if "rpc" in e)
     refusal = [e for e in events if e.get("rpc") == "ListExportTasks"]
     assert refusal and refusal[-1]["code"] == "UNAUTHENTICATED" and refusal[-1]["user"] == "-"
+    cancel = [e for e in events if e.get("rpc") == "CancelExportTask"]
+    assert cancel and cancel[-1]["code"] == "NOT_FOUND" and cancel[-1]["user"] == creds["user"], cancel
     assert any(e["process"].startswith("worker") for e in events), "the worker's lines are JSON too"

@@ -135,3 +135,83 @@ def test_notices_are_off_but_harmless_when_the_socket_path_is_too_long(tmp_path)
     assert asyncio.run(attempt()) is False
     ChangeAnnouncer(deep)("0123456789abcdef01234567")  # must not raise
     assert seen == []
+
+
+def test_a_stream_that_subscribes_with_a_newer_state_wakes_the_older_streams(tmp_path):
+    # A change the hub has not read yet (no notice, the poll a minute away) reaches a second
+    # stream through its own first read: the first stream must get it then, not at a heartbeat.
+    server = ServerThread(tmp_path / "data", workers=0, watch_poll_seconds=60, watch_heartbeat_seconds=60)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            user = make_user(server, channel)
+            export = _create(user, seed_batch_task(server.store, user.project_id, "", 10, seed=8))
+            first = Collector(user, export.export_task_id)
+            wait_for(lambda: first.events, timeout=10, what="the first stream's first event")
+            with server.store.transaction() as tx:  # as a worker on another host would, unannounced
+                tx.update_export_task(export.export_task_id, progress=42)
+            second = Collector(user, export.export_task_id)
+            wait_for(lambda: second.events, timeout=10, what="the second stream's first event")
+            assert second.events[0].export_task.progress == 42
+            wait_for(lambda: len(first.events) >= 2, timeout=5, what="the first stream to hear of it")
+            assert first.events[1].export_task.progress == 42 and not first.events[1].heartbeat
+            first.call.cancel()
+            second.call.cancel()
+    finally:
+        server.stop()
+
+
+def test_heartbeats_go_on_while_the_store_cannot_be_read():
+    from iotda_export_server.domain.model import ExportTask  # noqa: F401 - the type the hub holds
+    from iotda_export_server.domain.progress import ProgressHub
+
+    async def scenario() -> int:
+        async def unavailable(_ids):
+            raise OSError("the database is down")
+
+        hub = ProgressHub(unavailable, poll_interval=0.02, heartbeat_seconds=0.1)
+        runner = asyncio.create_task(hub.run())
+        await asyncio.sleep(0)
+
+        class Current:  # the state a stream has just sent
+            version = 1
+        topic = hub.subscribe("e" * 24, Current())
+        beats = 0
+        try:
+            deadline = asyncio.get_running_loop().time() + 5
+            while beats < 3 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.wait_for(topic.wait(), 1)
+                beats += 1
+        finally:
+            runner.cancel()
+        return beats
+
+    assert asyncio.run(scenario()) == 3
+
+
+def test_a_finished_run_report_waits_for_room_in_a_full_notice_queue(tmp_path):
+    reports: list[tuple[str, int, float]] = []
+    notices: list[str] = []
+
+    async def scenario() -> None:
+        listener = ChangeListener(tmp_path, notices.append, lambda *report: reports.append(report))
+        assert listener.start()
+        announce = ChangeAnnouncer(tmp_path)
+
+        def worker() -> None:  # a burst of progress notices, then the run's report
+            for _ in range(50):
+                announce("e" * 24)
+            announce.finished("e" * 24, "success", 1200, 0.25)
+
+        sender = threading.Thread(target=worker)
+        sender.start()
+        time.sleep(0.3)  # the loop is busy: nothing is read, the queue fills
+        deadline = time.monotonic() + 5
+        while not reports and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        sender.join(5)
+        listener.close()
+        announce.close()
+
+    asyncio.run(scenario())
+    assert reports == [("success", 1200, 0.25)]
+    assert notices[-1] == "e" * 24

@@ -165,9 +165,17 @@ class ExportServer:
             from .store.postgres import Listener
             self.listener = Listener(self.config.database, hub.poke)
             self.listener.start()
-        # This process's workers (either store) report changes and finished runs over a socket.
-        self.changes = ChangeListener(self.data_dir, hub.poke, metrics.run_finished)
-        self.changes.start()
+        # This process's workers (either store) report changes and finished runs over a socket in
+        # the data directory, which only the holder of the directory's lock may bind.
+        if shared:
+            try:
+                self.lock.acquire()
+            except RuntimeError:
+                log.warning("another process uses %s: its socket, not this one's, receives the worker"
+                            " notices (changes still arrive by NOTIFY; finished runs count there)", self.data_dir)
+        if self.lock.fd is not None:
+            self.changes = ChangeListener(self.data_dir, hub.poke, metrics.run_finished)
+            self.changes.start()
         worker_config = WorkerConfig(data_dir=str(self.data_dir), lease_seconds=self.config.lease_seconds,
                                      database=self.config.database, files_dir=str(files_dir))
         # Workers are spawned before any gRPC object exists in this process.

@@ -57,13 +57,14 @@ class ProgressHub:
         self.poll_interval = poll_interval
         self.heartbeat_seconds = heartbeat_seconds
         self._topics: dict[str, Topic] = {}
+        self._streams = 0  # a plain int: /metrics reads it from another thread
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closing = False
 
     @property
     def watchers(self) -> int:
-        return sum(t.streams for t in self._topics.values())
+        return self._streams
 
     def subscribe(self, export_task_id: str, current: ExportTask) -> Topic:
         """A stream starts watching; `current` is the state it has just sent."""
@@ -72,12 +73,15 @@ class ProgressHub:
             topic = self._topics[export_task_id] = Topic(export_task_id)
         if current.version > topic.version:
             topic.latest, topic.version, topic.encoded = current, current.version, {}
+            topic.pulse()  # the topic's other streams are behind this state: the hub reads it as known
         topic.streams += 1
+        self._streams += 1
         self.poke()
         return topic
 
     def unsubscribe(self, topic: Topic) -> None:
         topic.streams -= 1
+        self._streams -= 1
         if topic.streams <= 0 and self._topics.get(topic.export_task_id) is topic:
             del self._topics[topic.export_task_id]
 
@@ -115,9 +119,9 @@ class ProgressHub:
                 tasks = await self._load(ids)
             except Exception:  # the database is briefly unavailable: the next round retries
                 log.warning("progress poll failed", exc_info=True)
+                self._heartbeats()  # streams must not fall silent (idle proxies would cut them)
                 continue
             found = {t.export_task_id: t for t in tasks}
-            quiet_since = time.monotonic() - self.heartbeat_seconds
             for export_task_id in ids:
                 topic = self._topics.get(export_task_id)
                 if topic is None:
@@ -129,5 +133,11 @@ class ProgressHub:
                 elif task.version > topic.version:
                     topic.latest, topic.version, topic.encoded = task, task.version, {}
                     topic.pulse()
-                elif topic.pulsed_at < quiet_since:
-                    topic.pulse()  # nothing changed for a while: the streams send a heartbeat
+            self._heartbeats()
+
+    def _heartbeats(self) -> None:
+        """Pulses the topics quiet for heartbeat_seconds: their streams repeat the latest state."""
+        quiet_since = time.monotonic() - self.heartbeat_seconds
+        for topic in list(self._topics.values()):
+            if topic.pulsed_at < quiet_since:
+                topic.pulse()

@@ -22,6 +22,7 @@ log = logging.getLogger("iotda_export.changes")
 SOCKET_NAME = "changes.sock"
 MAX_NOTICE_BYTES = 256
 FINISHED_OUTCOMES = ("success", "failed")
+FINISHED_SEND_TIMEOUT_SECONDS = 1.0
 
 
 class ChangeListener:
@@ -33,18 +34,18 @@ class ChangeListener:
         self.on_change = on_change
         self.on_finished = on_finished or (lambda _outcome, _rows, _seconds: None)
         self._sock: socket.socket | None = None
+        self._inode: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> bool:
-        """Binds the socket (the caller owns the data directory, so a leftover one is stale)."""
+        """Binds the socket. The caller must hold the data directory's lock: a socket left there is
+        then stale, and no other process's socket is taken over."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self.path.unlink(missing_ok=True)
-            old_umask = os.umask(0o177)  # 0600 from the start: only this user's workers may write
-            try:
-                sock.bind(str(self.path))
-            finally:
-                os.umask(old_umask)
+            sock.bind(str(self.path))
+            os.chmod(self.path, 0o600)  # only this user's workers write (the directory is 0700 too)
+            self._inode = os.stat(self.path).st_ino
         except OSError as exc:  # e.g. a data directory path longer than a socket address allows
             sock.close()
             log.info("worker change notices off (%s); watchers learn of changes by polling", exc)
@@ -86,7 +87,11 @@ class ChangeListener:
             self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
         self._sock = None
-        self.path.unlink(missing_ok=True)
+        try:
+            if os.stat(self.path).st_ino == self._inode:  # still ours
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 class ChangeAnnouncer:
@@ -96,18 +101,23 @@ class ChangeAnnouncer:
         self.path = str(Path(data_dir) / SOCKET_NAME)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
+        # A finished run's report waits (briefly) for room: the queue holds only ~10 datagrams and
+        # a busy server may let progress notices fill it; a dropped report would be a lost count.
+        self._patient = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._patient.settimeout(FINISHED_SEND_TIMEOUT_SECONDS)
 
     def __call__(self, export_task_id: str) -> None:
-        self._send(export_task_id)
+        self._send(self._sock, export_task_id)
 
     def finished(self, export_task_id: str, outcome: str, rows: int, seconds: float) -> None:
-        self._send(f"F {export_task_id} {outcome} {rows} {seconds:.3f}")
+        self._send(self._patient, f"F {export_task_id} {outcome} {rows} {seconds:.3f}")
 
-    def _send(self, text: str) -> None:
+    def _send(self, sock: socket.socket, text: str) -> None:
         try:
-            self._sock.sendto(text.encode("ascii", "replace")[:MAX_NOTICE_BYTES], self.path)
-        except OSError:  # no server listening, its queue is full, or the path is too long
+            sock.sendto(text.encode("ascii", "replace")[:MAX_NOTICE_BYTES], self.path)
+        except OSError:  # no server listening, its queue full, or the path too long
             pass
 
     def close(self) -> None:
         self._sock.close()
+        self._patient.close()

@@ -8,6 +8,7 @@ event loop, domain errors become google.rpc.Status, and each call is counted, ti
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import time
@@ -69,10 +70,6 @@ class Handlers:
         auth.authorize(caller, operation)
         return caller
 
-    def _authorized_work(self, md: dict[str, str], project_id: str, operation: str, work):
-        caller = self._authorize(md, project_id, operation)
-        return caller, work(caller)
-
     @staticmethod
     def _begin(md: dict[str, str]) -> str:
         request_id = md.get("x-request-id", "")[:64] or secrets.token_hex(16)
@@ -103,11 +100,9 @@ class Handlers:
         code = "OK"
         try:
             if point_reads and self.store.fast_local_reads:
-                caller, response = self._authorized_work(md, request.project_id, operation, work)
+                response = work(self._authorize(md, request.project_id, operation))
             else:
-                caller, response = await asyncio.to_thread(
-                    self._authorized_work, md, request.project_id, operation, work)
-                user_var.set(caller.principal.user)  # set in the thread's copy of the context
+                response = await _in_thread(lambda: work(self._authorize(md, request.project_id, operation)))
             if http_code:
                 # Initial metadata is a send of its own: only when an HTTP gateway needs the code
                 # (201, 204) before the body; otherwise the request id rides with the status.
@@ -132,8 +127,7 @@ class Handlers:
         started = time.monotonic()
         code = "OK"
         try:
-            caller = await asyncio.to_thread(self._authorize, md, request.project_id, operation)
-            user_var.set(caller.principal.user)
+            caller = await _in_thread(lambda: self._authorize(md, request.project_id, operation))
             agen = gen_fn(caller)
             first = await agen.__anext__()
             await context.send_initial_metadata([("x-request-id", request_id)])
@@ -158,6 +152,17 @@ class Handlers:
 def run(fn, *args):
     """Blocking domain work (the store) off the event loop."""
     return asyncio.to_thread(fn, *args)
+
+
+async def _in_thread(fn):
+    """asyncio.to_thread, keeping the user that authentication found there for this call's later
+    log lines, refusals included (the thread works in a copy of the context)."""
+    context = contextvars.copy_context()
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, context.run, fn)
+    finally:
+        if (user := context.get(user_var)) is not None:
+            user_var.set(user)
 
 
 class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
