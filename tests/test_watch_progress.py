@@ -215,3 +215,26 @@ def test_a_finished_run_report_waits_for_room_in_a_full_notice_queue(tmp_path):
     asyncio.run(scenario())
     assert reports == [("success", 1200, 0.25)]
     assert notices[-1] == "e" * 24
+
+
+def test_replicas_sharing_a_data_directory_do_not_take_each_others_notice_socket(tmp_path):
+    import pg_support as ps
+    from iotda_export_server.store import open_store
+
+    db = ps.TestDatabase().create()
+    servers: list[ServerThread] = []
+    try:
+        open_store(tmp_path / "migrate", db.url, migrate=True).close()
+        shared = tmp_path / "shared"
+        common = dict(workers=0, database=db.url, files_dir=str(tmp_path / "files"))
+        servers.append(ServerThread(shared, **common))
+        owner_socket = os.stat(shared / SOCKET_NAME).st_ino
+        servers.append(ServerThread(shared, **common))  # the second replica on the same directory
+        assert servers[0].server.changes is not None and servers[1].server.changes is None
+        assert os.stat(shared / SOCKET_NAME).st_ino == owner_socket  # not re-bound by the second
+        servers.pop().stop()
+        assert os.stat(shared / SOCKET_NAME).st_ino == owner_socket  # not removed by its stop
+    finally:
+        for s in servers:
+            s.stop()
+        db.drop()
