@@ -208,3 +208,15 @@ def test_batch_commands_and_export_delete(served):
     export = json.loads(ok(served.run("export", "create", "--task-id", task["task_id"], "--json")).stdout)
     ok(served.run("export", "delete", export["export_task_id"]))
     refused(served.run("export", "get", export["export_task_id"]), 1, "error: NOT_FOUND IOTDA.018001: ")
+
+
+def test_local_administration_on_an_unreachable_database_is_an_error_line(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://postgres:not-this-secret@127.0.0.1:{port}/iotda"
+    for args in (("principal", "list"), ("seed", "--subtasks", "10", "--project", "p" * 32)):
+        r = subprocess.run([CLI, *args, "--database", url, "--data-dir", str(tmp_path / "data")],
+                           env=clean_env(), capture_output=True, text=True, timeout=60)
+        message = refused(r, 1, "the database is unavailable")
+        assert "not-this-secret" not in message

@@ -712,6 +712,10 @@ def main(argv: list[str] | None = None) -> int:
             for v in getattr(e, "violations", []):
                 print(f"  {v.field}: {v.description}", file=sys.stderr)
             return 2 if isinstance(e, InvalidArgument) else 1
+        from iotda_export_server.store import database_unavailable
+        if database_unavailable(e):  # local administration (seed, principal) on a lost PostgreSQL
+            _err(f"the database is unavailable: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            return 1
         raise
 
 
