@@ -83,8 +83,8 @@ def fanout_server() -> None:
             final.set_result(epb.WatchProgressResponse(export_task=epb.ExportTask(
                 status="Success", end_time=end_text), sequence=2).SerializeToString())
 
-        server = grpc.aio.server(options=(("grpc.server.max_pending_requests", 10_000),
-                                          ("grpc.server.max_pending_requests_hard_limit", 20_000)))
+        from iotda_export_server.transport.grpc_server import PENDING_CALL_LIMITS
+        server = grpc.aio.server(options=PENDING_CALL_LIMITS)  # as ours: 5,000 calls arrive at once
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             "iotda.export.v1.ExportTaskService", {"WatchProgress": grpc.unary_stream_rpc_method_handler(watch)}),))
         port = server.add_insecure_port("127.0.0.1:0")

@@ -21,6 +21,14 @@ SERVICE_NAMES = tuple(d.services_by_name[n].full_name for d, n in SERVICE_DESCRI
 # A create with 30,000 targets of 128 characters is about 4 MiB of protobuf: leave room.
 MAX_MESSAGE_BYTES = 20 * 1024 * 1024
 
+# Calls that arrived but that the aio loop has not picked up yet: past 1,000 grpc core starts
+# cancelling them at random, past 3,000 all of them. After a restart every watcher reconnects at
+# once, so a burst of thousands is normal here, not an overload to shed.
+PENDING_CALL_LIMITS = (
+    ("grpc.server.max_pending_requests", 10_000),
+    ("grpc.server.max_pending_requests_hard_limit", 20_000),
+)
+
 # Long watch streams: let clients ping every 10 s without being told "too_many_pings".
 SERVER_OPTIONS = (
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
@@ -30,11 +38,7 @@ SERVER_OPTIONS = (
     ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared port
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    # Calls that arrived but that the aio loop has not picked up yet: past 1,000 grpc core starts
-    # cancelling them at random, past 3,000 all of them. After a restart every watcher reconnects at
-    # once, so a burst of thousands is normal here, not an overload to shed.
-    ("grpc.server.max_pending_requests", 10_000),
-    ("grpc.server.max_pending_requests_hard_limit", 20_000),
+    *PENDING_CALL_LIMITS,
 )
 
 
