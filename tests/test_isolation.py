@@ -334,7 +334,7 @@ def test_a_real_server_keeps_secrets_and_files_private_and_formulas_as_text(tmp_
                 refused(call)
         status, zipped = client.call("GET", f"{base}/export-tasks/{created.export_task_id}/file", auth="token")
         assert status == 200, zipped[:300]
-        assert client.call("GET", f"{base}/export-tasks/{created.export_task_id}/file", auth="sign")[0] == 429
+        assert client.call("GET", f"{base}/export-tasks/{created.export_task_id}/file", auth="sign")[0] == 403
         assert client.call("GET", f"{base}/export-tasks", auth="sign")[0] == 200
         assert client.call("GET", f"{base}/export-tasks", auth="sign", sk=secrets.token_hex(16))[0] == 401
         assert client.call("GET", f"{base}/export-tasks", auth="sign", date="20200101T000000Z")[0] == 401

@@ -95,9 +95,12 @@ def test_canonical_uri_decodes_then_reencodes_segments():
     assert signing.canonical_uri("/a/b/") == "/a/b/"
 
 
-def test_unsigned_payload_and_tampered_declared_hash_are_refused():
-    with pytest.raises(signing.SignatureError):
-        signing.payload_hash(b"{}", {"x-sdk-content-sha256": "UNSIGNED-PAYLOAD"})
+def test_unsigned_payload_is_signed_as_such_and_a_tampered_declared_hash_is_refused():
+    # UNSIGNED-PAYLOAD is what the canonical request then holds (the SDK's rule); the body is not
+    # covered, which the gateway checks separately (payload_is_signed).
+    assert signing.payload_hash(b"{}", {"x-sdk-content-sha256": "UNSIGNED-PAYLOAD"}) == "UNSIGNED-PAYLOAD"
+    assert not signing.payload_is_signed(b"{}", {"x-sdk-content-sha256": "UNSIGNED-PAYLOAD"})
+    assert signing.payload_is_signed(b"", {"x-sdk-content-sha256": "UNSIGNED-PAYLOAD"})
     with pytest.raises(signing.SignatureError):
         signing.payload_hash(b"{}", {"x-sdk-content-sha256": "0" * 64})
     assert signing.payload_hash(b"", {}) == signing.EMPTY_SHA256

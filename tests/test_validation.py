@@ -82,8 +82,7 @@ CREATE_CASES = [
     ("app_id dot", {"app_type": "APP", "app_id": "app.1"}, "app_id"),
     ("app_id accent", {"app_type": "APP", "app_id": "appé"}, "app_id"),
     ("app_id newline", {"app_type": "APP", "app_id": "app\n"}, "app_id"),
-    ("app_id with GLOBAL", {"app_type": "GLOBAL", "app_id": "app1"}, "app_id"),
-    ("app_id with default GLOBAL", {"app_id": "app1"}, "app_id"),
+    ("app_id bad with GLOBAL", {"app_type": "GLOBAL", "app_id": "app 1"}, "app_id"),
     ("request_id space", {"request_id": "req 1"}, "request_id"),
     ("request_id too long", {"request_id": "r" * 65}, "request_id"),
     ("request_id newline", {"request_id": "req\n"}, "request_id"),
@@ -129,6 +128,21 @@ def test_create_export_task_boundaries_pass_validation(vuser, unchanged):
                                             resource_condition=epb.ResourceCondition(task_id="a"))):
         f = refused(call(vuser, "exports", "CreateExportTask", req), Code.NOT_FOUND)
         assert f.error_code == "IOTDA.019001"
+
+
+def test_app_id_with_global_scope_is_accepted_and_is_not_part_of_the_scope(server, channel):
+    # The seed gives app_id a meaning only with app_type APP: with GLOBAL (given or by default) it is
+    # checked, then the task has the tenant's scope, the same task as a create without app_id.
+    user = make_user(server, channel)
+    batch = seed_batch_task(server.store, user.project_id, "", 3, seed=11)
+    plain = user.exports.CreateExportTask(epb.CreateExportTaskRequest(
+        project_id=user.project_id, resource_type="BatchTask",
+        resource_condition=epb.ResourceCondition(task_id=batch)), metadata=user.metadata).export_task
+    for extra in ({"app_type": "GLOBAL", "app_id": "app1"}, {"app_id": "app1"}):
+        task = user.exports.CreateExportTask(epb.CreateExportTaskRequest(
+            project_id=user.project_id, resource_type="BatchTask",
+            resource_condition=epb.ResourceCondition(task_id=batch), **extra), metadata=user.metadata).export_task
+        assert (task.export_task_id, task.app_type, task.HasField("app_id")) == (plain.export_task_id, "GLOBAL", False)
 
 
 # -- ListExportTasks -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from .runner.worker import WorkerConfig
 from .store.changes import ChangeListener
 from .store.files import ResultFiles
 from .store import is_postgres, open_store
+from .transport.http_server import HttpLimits
 
 log = logging.getLogger("iotda_export.server")
 
@@ -47,6 +48,8 @@ class ServerConfig:
     # A WatchProgress stream hears at least this often (keeps idle proxies from closing it).
     watch_heartbeat_seconds: float = rules.WATCH_HEARTBEAT_SECONDS
     grace_seconds: float = 5.0
+    # The HTTP port's limits (body size, timeouts, connections); None: the defaults of HttpLimits.
+    http_limits: HttpLimits | None = None
 
 
 def prepare_data_dir(data_dir: str | os.PathLike) -> pathlib.Path:
@@ -204,8 +207,8 @@ class ExportServer:
             if grpc_host in ("", "0.0.0.0", "[::]", "::"):
                 grpc_host = "127.0.0.1"
             self.gateway = Gateway(f"{grpc_host}:{self.port}", [
-                d.services_by_name[n] for d, n in SERVICE_DESCRIPTORS], store, front_end_key, MAX_MESSAGE_BYTES,
-                metrics)
+                d.services_by_name[n] for d, n in SERVICE_DESCRIPTORS], authenticator, front_end_key,
+                MAX_MESSAGE_BYTES, metrics, self.config.http_limits)
             http_host, http_port = self.config.http_addr.rsplit(":", 1)
             self.http_port = await self.gateway.start(http_host.strip("[]"), int(http_port))
         # Every process sweeps expired leases (an API-only replica too): exports never stay stuck.

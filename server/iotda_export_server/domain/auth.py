@@ -126,3 +126,7 @@ class Authenticator:
         if principal is None:
             raise Unauthenticated("Request unauthorized: the token is not valid.")
         return principal
+
+    def by_access_key(self, access_key: str) -> Principal | None:
+        """The principal whose AK this is (its SK then verifies the request's signature), or None."""
+        return self.store.reader().principal_by("ak", access_key)

@@ -83,11 +83,11 @@ class ExportService:
             lambda: app_type in (rules.APP_TYPE_GLOBAL, rules.APP_TYPE_APP)
             or _raise(invalid("app_type", "must be GLOBAL or APP")),
             lambda: not r.app_id or validation.app_id(r.app_id),
-            lambda: not (r.app_id and app_type == rules.APP_TYPE_GLOBAL)
-            or _raise(invalid("app_id", "is only allowed with app_type APP")),
             lambda: not r.request_id or validation.match(validation.REQUEST_ID, r.request_id, "request_id",
                                                          "must be 1-64 of [A-Za-z0-9_-]"),
         )
+        # GLOBAL is the tenant's scope whatever app_id says: the seed gives app_id a meaning only with
+        # APP, so with GLOBAL it is checked and then not part of the scope (nor of "same conditions").
         app_id = (r.app_id or rules.DEFAULT_APP_ID) if app_type == rules.APP_TYPE_APP else None
         return app_type, app_id
 

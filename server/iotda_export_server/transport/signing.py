@@ -97,24 +97,33 @@ def sign(auth: ParsedAuthorization, secret_key: str, sdk_date: str, canonical: s
     return hmac.new(key, string_to_sign(auth, sdk_date, canonical).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def payload_hash(body: bytes, headers: dict[str, str]) -> str:
+def payload_hash(body: bytes, headers: dict[str, str], body_sha256: str | None = None) -> str:
+    """The payload line of the canonical request, as the SDK computes it. `body_sha256` is the
+    body's digest when the caller already computed it (off the event loop, for big bodies).
+    UNSIGNED-PAYLOAD (the SDK's choice for any non-JSON Content-Type) is accepted here, as the
+    platform's gateway does; the body of such a request is then not covered by the signature and
+    must not be used (`payload_is_signed`)."""
     if not body:
         return EMPTY_SHA256
-    actual = hashlib.sha256(body).hexdigest()
     declared = headers.get("x-sdk-content-sha256")
-    if declared is None:
-        return actual
     if declared == UNSIGNED_PAYLOAD:
-        raise SignatureError("unsigned payloads are not accepted for this API's JSON bodies")
-    if declared.lower() != actual:
+        return UNSIGNED_PAYLOAD
+    actual = body_sha256 or hashlib.sha256(body).hexdigest()
+    if declared is not None and declared.lower() != actual:
         raise SignatureError("x-sdk-content-sha256 does not match the body")
-    return declared.lower()
+    return actual
+
+
+def payload_is_signed(body: bytes, headers: dict[str, str]) -> bool:
+    """False when the request has a body that its signature does not cover (UNSIGNED-PAYLOAD)."""
+    return not body or headers.get("x-sdk-content-sha256") != UNSIGNED_PAYLOAD
 
 
 def verify(auth: ParsedAuthorization, secret_key: str, method: str, raw_path: str, raw_query: str,
-           headers: dict[str, str], body: bytes, now: dt.datetime | None = None) -> None:
+           headers: dict[str, str], body: bytes, now: dt.datetime | None = None,
+           body_sha256: str | None = None) -> None:
     """Raises SignatureError unless the request carries a valid, fresh signature by `secret_key`.
-    `headers` has lower-case names."""
+    `headers` holds the signed headers, lower-case names, each with its one value."""
     if "host" not in auth.signed_headers or "x-sdk-date" not in auth.signed_headers:
         raise SignatureError("host and x-sdk-date must be signed")
     sdk_date = headers.get("x-sdk-date", "")
@@ -132,7 +141,7 @@ def verify(auth: ParsedAuthorization, secret_key: str, method: str, raw_path: st
         if service != DERIVED_SERVICE:
             raise SignatureError(f"the credential scope's service must be {DERIVED_SERVICE}")
     canonical = canonical_request(method, raw_path, raw_query, headers, auth.signed_headers,
-                                  payload_hash(body, headers))
+                                  payload_hash(body, headers, body_sha256))
     expected = sign(auth, secret_key, sdk_date, canonical)
     if not hmac.compare_digest(expected, auth.signature):
         raise SignatureError("signature mismatch")

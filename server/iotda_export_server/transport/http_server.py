@@ -1,0 +1,154 @@
+"""The HTTP port's server: aiohttp's low-level server, with the limits a public port needs.
+
+- At most `max_connections` open connections; one more is closed at once.
+- A request's headers must be complete within `header_timeout_seconds` of the connection opening or
+  of the previous response (aiohttp's keep-alive timer, which it starts at connection time, closes a
+  connection still waiting for a whole request then): a client trickling header bytes is cut off.
+- Its body must arrive within `body_timeout_seconds` (`read_body`), and may not exceed
+  `max_body_bytes`: a declared Content-Length beyond it is refused before any of it is read.
+- Malformed requests that aiohttp's parser refuses get the platform's JSON error body, and neither
+  the response nor the log quotes the offending bytes (they may hold a credential).
+- No router: one handler sees every path, so every path (`%0a` included) gets the same JSON 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestHandler
+
+from ..domain import errors as domain_errors
+
+log = logging.getLogger("iotda_export.http")
+
+# The longest request line and header line accepted (a signed request's Authorization header is a
+# few hundred bytes; a query string of every list filter well under 8 KiB).
+MAX_LINE_BYTES = 16 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADERS = 64
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """The HTTP port's limits (README, "Limits")."""
+
+    # The largest request body; the same bound as one gRPC message (transport/grpc_server.py), so a
+    # body the gateway accepts always fits the call it becomes (it is checked again once transcoded).
+    max_body_bytes: int
+    header_timeout_seconds: float = 15.0
+    body_timeout_seconds: float = 60.0
+    max_connections: int = 1000
+    # After refusing a request whose body it did not read, the server discards what is still
+    # arriving for this long (so the client sees the answer, not a reset), then closes.
+    lingering_seconds: float = 2.0
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyTimeout(Exception):
+    pass
+
+
+async def read_body(request: web.BaseRequest, limits: HttpLimits) -> bytes:
+    """The whole body, within the size and time limits (BodyTooLarge, BodyTimeout)."""
+    declared = request.content_length
+    if declared is not None and declared > limits.max_body_bytes:
+        raise BodyTooLarge()
+    if not request.body_exists:
+        return b""
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(limits.body_timeout_seconds):
+            async for chunk in request.content.iter_chunked(256 * 1024):
+                size += len(chunk)
+                if size > limits.max_body_bytes:  # chunked: counted as it arrives
+                    raise BodyTooLarge()
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout() from None
+    return b"".join(chunks)
+
+
+def parse_error(exc: BaseException | None) -> tuple[int, domain_errors.DomainError]:
+    """What to answer for a request aiohttp's parser refused, described without quoting it."""
+    if isinstance(exc, http_exceptions.LineTooLong) or (
+            isinstance(exc, http_exceptions.BadHttpMessage) and "Too many headers" in str(exc)):
+        return 431, domain_errors.DomainError(
+            "Request header fields too large: a header, the request line or the number of headers is over"
+            " the limit.", error_code="IOTDA.000008", reason="REQUEST_HEADERS_TOO_LARGE")
+    if isinstance(exc, (http_exceptions.BadStatusLine, http_exceptions.InvalidURLError)):
+        what = "the request line is malformed"
+    elif isinstance(exc, http_exceptions.PayloadEncodingError):
+        what = "the body's framing is malformed"
+    else:
+        what = "a header is malformed (invalid characters or syntax)"
+    return 400, domain_errors.BadRequestFormat(f"Bad request format: {what}.")
+
+
+ErrorPage = Callable[[int, domain_errors.DomainError, str], web.Response]
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering its own refusals in the platform's form."""
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        manager: GuardedServer = self._manager  # type: ignore[assignment]
+        request_id = secrets.token_hex(16)
+        if status == 500 and not isinstance(exc, http_exceptions.HttpProcessingError):
+            log.error("unexpected error handling an HTTP request (request %s)", request_id, exc_info=exc)
+            http_status, err = 500, domain_errors.DomainError(
+                f"Internal error (request {request_id}).", error_code="IOTDA.000500", reason="INTERNAL")
+        elif status == 504:
+            http_status, err = 504, domain_errors.DomainError(
+                "The request timed out.", error_code="IOTDA.000504", reason="TIMEOUT")
+        else:
+            http_status, err = parse_error(exc)
+            log.info("http request refused by the parser: %s (%s, request %s)", err.message,
+                     type(exc).__name__ if exc else "-", request_id)
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        response = manager.error_page(http_status, err, request_id)
+        response.force_close()
+        return response
+
+    def log_exception(self, *args, **kw) -> None:
+        # aiohttp's own messages quote the request's bytes (a header with its token): name the
+        # exception, never its text.
+        exc = kw.get("exc_info")
+        log.info("http connection: %s", type(exc).__name__ if isinstance(exc, BaseException) else args[:1])
+
+
+class GuardedServer(web.Server):
+    """web.Server with a cap on open connections and GuardedRequestHandler connections."""
+
+    def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], limits: HttpLimits,
+                 error_page: ErrorPage):
+        super().__init__(handler, handler_cancellation=True, max_line_size=MAX_LINE_BYTES,
+                         max_field_size=MAX_HEADER_BYTES, max_headers=MAX_HEADERS,
+                         keepalive_timeout=limits.header_timeout_seconds,
+                         lingering_time=limits.lingering_seconds, auto_decompress=False)
+        self.limits = limits
+        self.error_page = error_page
+        self.refused_connections = 0
+
+    def __call__(self) -> RequestHandler:
+        return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        if len(self._connections) >= self.limits.max_connections:
+            self.refused_connections += 1
+            if self.refused_connections == 1 or self.refused_connections % 1000 == 0:
+                log.warning("HTTP connection refused: %d connections open (the limit); %d refused so far",
+                            len(self._connections), self.refused_connections)
+            handler.force_close()
+            transport.abort()
+            return
+        super().connection_made(handler, transport)
