@@ -134,7 +134,8 @@ class GuardedServer(web.Server):
         super().__init__(handler, handler_cancellation=True, max_line_size=MAX_LINE_BYTES,
                          max_field_size=MAX_HEADER_BYTES, max_headers=MAX_HEADERS,
                          keepalive_timeout=limits.header_timeout_seconds,
-                         lingering_time=limits.lingering_seconds, auto_decompress=False)
+                         lingering_time=limits.lingering_seconds, auto_decompress=False,
+                         access_log=None)  # the gateway logs each request itself
         self.limits = limits
         self.error_page = error_page
         self.refused_connections = 0
