@@ -32,7 +32,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run, no goals judged (CI)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 3, smoke 1)")
-    parser.add_argument("--only", default="", help="comma-separated: throughput,create,rss,rpc,profile")
+    parser.add_argument("--only", default="", help="comma-separated: throughput,create,rss,rpc,hostile,profile")
     parser.add_argument("--out", default=None, help=f"results file (default {RESULTS} in a full run)")
     return parser.parse_args(argv)
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     smoke = args.smoke
     runs = args.runs or (1 if smoke else 3)
-    only = set(filter(None, args.only.split(","))) or {"throughput", "create", "rss", "rpc", "profile"}
+    only = set(filter(None, args.only.split(","))) or {"throughput", "create", "rss", "rpc", "hostile", "profile"}
     sizes = {
         "throughput": 3_000 if smoke else 200_000,
         "create": 2_000 if smoke else 30_000,
@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         if "rpc" in only:
             from bench import rpc_bench
             for figure in rpc_bench.run(base, smoke, runs):
+                figures.append(figure)
+                show(figure, not smoke)
+        if "hostile" in only:
+            from bench import hostile_bench
+            for figure in hostile_bench.run(base, smoke, runs):
                 figures.append(figure)
                 show(figure, not smoke)
         if "profile" in only:

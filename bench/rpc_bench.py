@@ -68,15 +68,16 @@ def _stop(proc: subprocess.Popen | None) -> None:
 class Api:
     """`iotda-export serve` with no workers, and the credentials it made on its first start."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, http: bool = False) -> None:
         self.data_dir = data_dir
         self.log = os.path.join(data_dir, "server.log")
         self.proc = _popen("-m", "iotda_export_client.cli", "serve", "--data-dir", data_dir,
-                           "--grpc-addr", "127.0.0.1:0", "--workers", "0", log=self.log)
+                           "--grpc-addr", "127.0.0.1:0", "--workers", "0",
+                           *(["--http-addr", "127.0.0.1:0"] if http else []), log=self.log)
         deadline = time.monotonic() + 60
         while True:
             text = Path(self.log).read_text(errors="replace")
-            if "(gRPC)" in text:
+            if "(gRPC)" in text and (not http or "(HTTP" in text):
                 break
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 _stop(self.proc)
@@ -84,6 +85,10 @@ class Api:
             time.sleep(0.05)
         line = next(line for line in text.splitlines() if "(gRPC)" in line)
         self.address = line.split("listening on ", 1)[1].split()[0]
+        self.http_port = None
+        if http:
+            http_line = next(line for line in text.splitlines() if "(HTTP" in line)
+            self.http_port = int(http_line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
         creds = json.loads((Path(data_dir) / "credentials.json").read_text())
         self.token, self.project = creds["token"], creds["project_id"]
         self.workers: list[subprocess.Popen] = []

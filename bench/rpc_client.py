@@ -5,6 +5,9 @@
     python -m bench.rpc_client rate      ADDR TOKEN PROJECT EXPORT_ID RPS SECONDS [echo]
     python -m bench.rpc_client saturate  ADDR TOKEN PROJECT EXPORT_ID CONCURRENCY SECONDS [echo]
     python -m bench.rpc_client watch     ADDR TOKEN PROJECT EXPORT_ID STREAMS CHANNELS TIMEOUT
+    python -m bench.rpc_client health    ADDR RPS SECONDS
+    python -m bench.rpc_client flood     HTTP_PORT PROJECT BODY_MB PER_SECOND SECONDS
+    python -m bench.rpc_client sink-server
 
 Results are printed as one JSON line (watch also prints "OPEN <count>" once every stream has its
 first event, or none came for 10 s, so the caller can measure the server and then make the task
@@ -24,6 +27,7 @@ import time
 import grpc
 
 GET_METHOD = "/iotda.export.v1.ExportTaskService/GetExportTask"
+HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 WATCH_METHOD = "/iotda.export.v1.ExportTaskService/WatchProgress"
 ECHO_METHOD = "/bench.Echo/Echo"
 
@@ -103,10 +107,11 @@ def fanout_server() -> None:
 def rate(address: str, token: str, project: str, export_id: str, rps: str, seconds: str,
          target: str = "api") -> dict:
     """Open loop at a fixed offered rate, one call in flight: latency of each call."""
-    request = _get_request(project, export_id)
+    method = {"echo": ECHO_METHOD, "health": HEALTH_METHOD}.get(target, GET_METHOD)
+    request = b"" if target == "health" else _get_request(project, export_id)
     metadata = (("authorization", f"Bearer {token}"),)
     with grpc.insecure_channel(address) as channel:
-        call = channel.unary_unary(ECHO_METHOD if target == "echo" else GET_METHOD)
+        call = channel.unary_unary(method)
         for _ in range(20):  # warm-up: connection, first-call paths
             call(request, metadata=metadata, timeout=10)
         interval = 1 / float(rps)
@@ -238,6 +243,72 @@ def watch(address: str, token: str, project: str, export_id: str, streams: str, 
     return asyncio.run(run())
 
 
+def health(address: str, rps: str, seconds: str) -> dict:
+    """grpc.health.v1 Check at a fixed offered rate (no credentials needed)."""
+    return rate(address, "", "", "", rps, seconds, "health")
+
+
+def flood(http_port: str, project: str, body_mb: str, per_second: str, seconds: str) -> dict:
+    """Anonymous POSTs of a BODY_MB JSON body (a batch task with a huge `document`) at PER_SECOND a
+    second (each on its own connection, from a pool of threads), for SECONDS: what a client without
+    credentials on a fast link can make the HTTP port do."""
+    import concurrent.futures
+    import socket
+
+    filler = "x" * (int(float(body_mb) * 1024 * 1024))
+    body = json.dumps({"task_name": "flood", "task_type": "createCommands", "targets": ["d1"],
+                       "document": {"payload": filler}}).encode()
+    head = (f"POST /v5/iot/{project}/batchtasks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+
+    def one() -> str:
+        try:
+            with socket.create_connection(("127.0.0.1", int(http_port)), timeout=30) as s:
+                try:
+                    s.sendall(head + body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # answered and closed before the whole body went out
+                return s.recv(64).split(b" ", 2)[1].decode()
+        except (OSError, IndexError):
+            return "error"
+
+    statuses: dict[str, int] = {}
+    interval = 1 / float(per_second)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        futures = []
+        start = next_at = time.perf_counter()
+        while (now := time.perf_counter()) - start < float(seconds):
+            if now < next_at:
+                time.sleep(next_at - now)
+            futures.append(pool.submit(one))
+            next_at += interval
+        for f in futures:
+            statuses[f.result()] = statuses.get(f.result(), 0) + 1
+    return {"sent": len(futures), "statuses": statuses, "body_bytes": len(body)}
+
+
+def sink_server() -> None:
+    """The control of the flood: an HTTP server that answers 401 at once and reads no body."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(json.dumps({"port": listener.getsockname()[1]}), flush=True)
+    response = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(4096)
+                conn.sendall(response)
+            except OSError:
+                pass
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
 def main(argv: list[str]) -> None:
     mode, *args = argv
     if mode == "echo-server":
@@ -246,7 +317,10 @@ def main(argv: list[str]) -> None:
     if mode == "fanout-server":
         fanout_server()
         return
-    result = {"rate": rate, "saturate": saturate, "watch": watch}[mode](*args)
+    if mode == "sink-server":
+        sink_server()
+        return
+    result = {"rate": rate, "saturate": saturate, "watch": watch, "health": health, "flood": flood}[mode](*args)
     print(json.dumps(result), flush=True)
 
 

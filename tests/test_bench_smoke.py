@@ -24,7 +24,7 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
     figures = [line for line in proc.stdout.splitlines() if line.startswith("- ")]
     names = " | ".join(figures)
     for expected in ("export throughput", "xls == naive", "create -> Success", "peak RSS", "WatchProgress",
-                     "GetExportTask p99", "GetExportTask throughput"):
+                     "GetExportTask p99", "GetExportTask throughput", "health p99 while anonymous"):
         assert expected in names, proc.stdout
     for line in figures:
         assert re.search(r"\| ratio \S", line), line  # every figure states its ratio (or "-")

@@ -274,6 +274,8 @@ class Gateway:
             # Prometheus scrapes without credentials, as is usual: counts only, no ids or secrets.
             return await self.metrics_page()
         route, path_values = self._route(request.method, raw_path)
+        # Until the caller is known, a refusal closes the connection without reading the body.
+        request.protocol.linger_after_refusal(False)
         headers = RequestHeaders(request.raw_headers)
         credential = headers.credential()
         if credential is None:
@@ -285,9 +287,10 @@ class Gateway:
         if expect is not None and expect.lower() != "100-continue":
             raise HttpError(domain_errors.BadRequestFormat("Only Expect: 100-continue is supported."),
                             http_status=417)
+        principal = await self._principal(credential)
+        request.protocol.linger_after_refusal(True)
         if (request.content_length or 0) > self.limits.max_body_bytes:
             raise _too_large(self.limits.max_body_bytes)  # refused on its declared length, unread
-        principal = await self._principal(credential)
         user_var.set(principal.user)
         if expect is not None and request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # now the client may send the body

@@ -43,8 +43,10 @@ class HttpLimits:
     header_timeout_seconds: float = 15.0
     body_timeout_seconds: float = 60.0
     max_connections: int = 1000
-    # After refusing a request whose body it did not read, the server discards what is still
-    # arriving for this long (so the client sees the answer, not a reset), then closes.
+    # After refusing an authenticated request whose body it did not read (too large, too slow),
+    # the server discards what is still arriving for this long (so the client sees the answer, not
+    # a reset), then closes. A request without valid credentials gets no such courtesy: its
+    # connection is closed right after the answer (`GuardedRequestHandler.linger_after_refusal`).
     lingering_seconds: float = 2.0
 
 
@@ -118,6 +120,13 @@ class GuardedRequestHandler(RequestHandler):
         response = manager.error_page(http_status, err, request_id)
         response.force_close()
         return response
+
+    def linger_after_refusal(self, linger: bool) -> None:
+        """Whether a response that leaves the request's body unread first reads and discards the
+        rest of it (aiohttp's lingering close, so the client sees the answer rather than a reset),
+        or closes the connection at once. The gateway says no until the caller has authenticated:
+        no work for an anonymous body. (aiohttp decides by its `_lingering_time`.)"""
+        self._lingering_time = self._manager.limits.lingering_seconds if linger else 0.0
 
     def log_exception(self, *args, **kw) -> None:
         # aiohttp's own messages quote the request's bytes (a header with its token): name the
