@@ -84,9 +84,18 @@ ENV_VARS: dict[str, str] = {
 # attribute or dataclass field as Class.name; a constructor parameter's default as Class(name)).
 OTHER_VALUES: list[tuple[str, str]] = [
     ("iotda_export_server.transport.grpc_server:MAX_MESSAGE_BYTES",
-     "Largest gRPC message received or sent (also on the HTTP gateway's channel to the gRPC port)."),
-    ("iotda_export_server.transport.gateway:MAX_BODY_BYTES",
-     "Largest HTTP request body the gateway accepts (413 beyond)."),
+     "Largest gRPC message received or sent; also the largest HTTP request body (413 beyond), so a body"
+     " the gateway accepts always fits the call it becomes."),
+    ("iotda_export_server.transport.http_server:HttpLimits.header_timeout_seconds",
+     "HTTP: a request's headers must be complete this long after the connection opened or the previous"
+     " response (also the keep-alive idle limit); then the connection is closed."),
+    ("iotda_export_server.transport.http_server:HttpLimits.body_timeout_seconds",
+     "HTTP: a request's body must have arrived this long after its headers (408 beyond)."),
+    ("iotda_export_server.transport.http_server:HttpLimits.max_connections",
+     "HTTP: open connections at most; one more is closed at once."),
+    ("iotda_export_server.transport.http_server:HttpLimits.lingering_seconds",
+     "HTTP: after refusing an authenticated request whose body it did not read, the rest of the body is"
+     " discarded for this long (so the client reads the answer); anonymous ones are closed at once."),
     ("iotda_export_server.app:ServerConfig.watch_poll_seconds",
      "WatchProgress backstop: watched tasks are re-read this often even without a change notice."),
     ("iotda_export_server.app:ServerConfig.grace_seconds",
