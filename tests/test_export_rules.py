@@ -82,7 +82,8 @@ def wait_status(user, export_task_id, status, timeout=30.0) -> epb.ExportTask:
 
 
 def owner(user) -> str:
-    return user.creds["user"]
+    """What owns the user's records in the store: the principal's immutable id."""
+    return user.creds["principal_id"]
 
 
 def store_task(server, export_task_id) -> ExportTask | None:
@@ -175,7 +176,7 @@ def test_twenty_concurrent_creates_by_one_user_admit_exactly_five(idle_server, i
         assert f.code == Code.RESOURCE_EXHAUSTED, f.message
         assert f.error_code == "IOTDA.018002" and f.error_info.reason == "QUOTA_EXCEEDED"
         assert f.error_info.metadata["limit"] == "5"
-        assert f.quota_failure is not None and f.quota_failure.violations[0].subject == f"user:{owner(user)}"
+        assert f.quota_failure is not None and f.quota_failure.violations[0].subject == f"user:{user.creds['user']}"
     assert {t.status for t in admitted} == {"Processing"}
     assert owner_task_ids(idle_server, user) == {t.export_task_id for t in admitted}
     assert idle_server.store.reader().count_export_tasks(owner(user), unfinished_only=True) == 5
@@ -459,7 +460,7 @@ def test_the_download_window_expires_after_30_seconds(user, seed, server):
     wait_status(user, t.export_task_id, "Success")
     now = [1_900_000_000_000]
     service = ExportService(server.store, server.server.files, clock=lambda: now[0])
-    caller = Caller(principal=server.store.reader().principal_by("user", owner(user)), project_id=user.project_id,
+    caller = Caller(principal=server.store.reader().principal_by("principal_id", owner(user)), project_id=user.project_id,
                     instance_id="")
 
     def admit(offset=0):

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from . import ids, rules, validation
 from .errors import (Codes, ExportTaskNotFound, FailedPrecondition, BatchTaskNotFound, OutOfRange,
-                     QuotaExceeded, RateLimited, invalid)
+                     QuotaExceeded, RateLimited, Unauthenticated, invalid)
 from .model import Caller, ExportTask, Page
 
 
@@ -56,6 +56,13 @@ def file_name(export_task_id: str) -> str:
 
 def inner_file_name(export_task_id: str) -> str:
     return f"export-{export_task_id}.xls"
+
+
+def _require_principal(tx, caller: Caller) -> None:
+    """Inside the principal's lock, before writing anything it owns: the principal still exists. A
+    removal takes the same lock, so a call authenticated just before it cannot leave records behind."""
+    if tx.principal_by("principal_id", caller.owner) is None:
+        raise Unauthenticated()
 
 
 class ExportService:
@@ -99,6 +106,7 @@ class ExportService:
         owner = caller.owner
         evicted: list[str] = []
         with self.store.transaction(lock_key=owner) as tx:
+            _require_principal(tx, caller)
             if r.request_id:
                 known = tx.request_task_id(owner, r.request_id)
                 if known is not None and (task := tx.export_task(known)) is not None:
@@ -117,7 +125,7 @@ class ExportService:
                     raise QuotaExceeded(
                         f"The user already has {rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER} unfinished export"
                         " tasks; wait until one finishes.", quota_id="unfinished-export-tasks-per-user",
-                        subject=f"user:{owner}", limit=rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER,
+                        subject=f"user:{caller.principal.user}", limit=rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER,
                         error_code=Codes.EXPORT_UNFINISHED_LIMIT)
                 if existing is not None:  # same conditions: re-run, the file is replaced on success
                     tx.update_export_task(
@@ -253,7 +261,8 @@ class ExportService:
                 wait = (last.last_at + interval_ms - now) / 1000
                 raise RateLimited(
                     f"Downloads are limited to one every {rules.DOWNLOAD_INTERVAL_SECONDS:.0f} seconds per user;"
-                    f" retry in {wait:.1f} s.", quota_id="downloads-per-user-per-30s", subject=f"user:{owner}",
+                    f" retry in {wait:.1f} s.", quota_id="downloads-per-user-per-30s",
+                    subject=f"user:{caller.principal.user}",
                     retry_after=wait, error_code=Codes.DOWNLOAD_RATE_LIMIT)
             try:
                 f = open(self.files.path(export_task_id), "rb")

@@ -392,7 +392,7 @@ class Gateway:
                 log.info("signature refused: %s (ak %s)", exc, parsed.access_key)
                 raise HttpError(domain_errors.Unauthenticated(
                     "Incorrect IAM authentication information: verify aksk signature fail.")) from None
-            md += [(FRONT_END_USER, principal.user), (FRONT_END_KEY, self.gateway_key)]
+            md += [(FRONT_END_USER, principal.principal_id), (FRONT_END_KEY, self.gateway_key)]
         elif authorization:
             md.append(("authorization", authorization))
         if token := request.headers.get("X-Auth-Token"):

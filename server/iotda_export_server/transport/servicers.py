@@ -32,7 +32,8 @@ from . import errors, render
 
 log = logging.getLogger("iotda_export.rpc")
 
-# Metadata with which the HTTP gateway vouches for a caller whose AK/SK signature it verified.
+# Metadata with which the HTTP gateway vouches for a caller whose AK/SK signature it verified: the
+# principal's immutable id (not its user name, which a removed and re-added principal shares).
 FRONT_END_USER = "x-iotda-gateway-user"
 FRONT_END_KEY = "x-iotda-gateway-key"
 
