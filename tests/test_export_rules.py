@@ -11,6 +11,7 @@ when the test says. Each test uses its own principal: quotas are per user.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -103,6 +104,9 @@ def xls_rows(zip_bytes: bytes) -> list[list[str]]:
     return [sheet.row_values(i) for i in range(sheet.nrows)]
 
 
+FAKE_ZIP = b"PK\x05\x06"  # what insert_finished_tasks writes as each task's file
+
+
 def insert_finished_tasks(server, user, n: int, instance_id: str = "", with_files: bool = True,
                           start_ms: int | None = None) -> list[ExportTask]:
     """n finished (Success) export tasks of the user, written through the store API with ascending IDs
@@ -120,13 +124,13 @@ def insert_finished_tasks(server, user, n: int, instance_id: str = "", with_file
                 app_id=None, conditions_key=key, status="Success", status_desc=None, progress=100, export_count=1,
                 create_time=start_ms + i * 1000, end_time=start_ms + i * 1000 + 500, version=3, run_state="done",
                 run_token=None, attempts=1, worker_id=None, lease_until=None, queued_at=start_ms + i * 1000,
-                file_generation=1 if with_files else 0, file_size=4 if with_files else None,
-                file_sha256=None)
+                file_generation=1 if with_files else 0, file_size=len(FAKE_ZIP) if with_files else None,
+                file_sha256=hashlib.sha256(FAKE_ZIP).hexdigest() if with_files else None)
             tx.insert_export_task(t)
             tasks.append(t)
     if with_files:
         for t in tasks:
-            server.server.files.path(t.export_task_id).write_bytes(b"PK\x05\x06")
+            server.server.files.path(t.export_task_id).write_bytes(FAKE_ZIP)
     return tasks
 
 

@@ -35,6 +35,8 @@ class ExportTask:
     worker_id: str | None
     lease_until: int | None
     queued_at: int | None
+    # The last good result file: generation 0 none yet; a generation with no size and digest: that
+    # file was found damaged and removed (the generation stays, so it never names another file).
     file_generation: int
     file_size: int | None
     file_sha256: str | None
@@ -45,7 +47,11 @@ class ExportTask:
 
     @property
     def file_available(self) -> bool:
-        return self.file_generation > 0
+        return self.file_generation > 0 and self.file_size is not None
+
+    @property
+    def file_damaged(self) -> bool:
+        return self.file_generation > 0 and self.file_size is None
 
 
 @dataclass

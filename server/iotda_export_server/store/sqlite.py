@@ -435,3 +435,14 @@ class SqliteTx:
         self.c.execute("UPDATE download_limits SET resume_offset = ?, resumes = resumes + 1 WHERE owner = ?",
                        (offset, owner))
 
+    def restore_download_limit(self, owner: str, expected: DownloadMark, previous: DownloadMark | None) -> bool:
+        """Un-counts a download: puts `previous` back (none: no mark), only if the user's mark is still
+        `expected` (the one that download set). Run under the user's lock."""
+        if self.download_limit(owner) != tuple(expected):
+            return False
+        if previous is None:
+            self.c.execute("DELETE FROM download_limits WHERE owner = ?", (owner,))
+        else:
+            self.c.execute("UPDATE download_limits SET last_at = ?, export_task_id = ?, file_generation = ?,"
+                           " resume_offset = ?, resumes = ? WHERE owner = ?", (*previous, owner))
+        return True

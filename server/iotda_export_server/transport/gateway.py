@@ -14,6 +14,7 @@ credential) and passes the verified identity on in metadata authenticated by a p
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import math
@@ -498,6 +499,8 @@ class Gateway:
             response.content_type = http_body.content_type or "application/octet-stream"
             if getattr(first, "file_name", ""):
                 response.headers["Content-Disposition"] = f'attachment; filename="{first.file_name}"'
+            if getattr(first, "sha256", ""):  # RFC 9530: the whole file's digest, also for a range of it
+                response.headers["Repr-Digest"] = f"sha-256=:{base64.b64encode(bytes.fromhex(first.sha256)).decode()}:"
             if getattr(first, "total_size", 0) and msg.offset == 0 and msg.limit == 0:
                 response.content_length = first.total_size
         else:
