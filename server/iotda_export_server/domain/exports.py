@@ -71,6 +71,13 @@ def damaged_description(reason: str) -> str:
     return f"the result file is damaged ({reason}); create the export again to re-run it"
 
 
+def queued_again(now: int) -> dict:
+    """Column values of a run going (back) to the queue, whatever sends it there (a create, a worker
+    handing it back, an expired lease): no run, and progress 1 with no rows while queued."""
+    return dict(run_state="queued", run_token=None, worker_id=None, lease_until=None, queued_at=now,
+                progress=rules.PROGRESS_QUEUED, export_count=0)
+
+
 def _require_principal(tx, caller: Caller) -> None:
     """Inside the principal's lock, before writing anything it owns: the principal still exists. A
     removal takes the same lock, so a call authenticated just before it cannot leave records behind."""
@@ -143,9 +150,7 @@ class ExportService:
                 if existing is not None:  # same conditions: re-run, the file is replaced on success
                     tx.update_export_task(
                         existing.export_task_id, status=rules.STATUS_PROCESSING, status_desc=None,
-                        progress=rules.PROGRESS_QUEUED, export_count=0, create_time=now, end_time=None,
-                        run_state="queued", run_token=None, attempts=0, worker_id=None, lease_until=None,
-                        queued_at=now)
+                        create_time=now, end_time=None, attempts=0, **queued_again(now))
                     task = tx.export_task(existing.export_task_id)
                 else:
                     while tx.count_export_tasks(owner) >= rules.MAX_EXPORT_TASKS_PER_USER:
@@ -457,8 +462,7 @@ class ExportJobs:
         """Gives a run back to the queue (the worker is stopping); the attempt does not count."""
         with self.store.transaction() as tx:
             current = tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
-                                            run_state="queued", run_token=None, worker_id=None, lease_until=None,
-                                            attempts=max(claim.task.attempts - 1, 0), queued_at=self.clock())
+                                            attempts=max(claim.task.attempts - 1, 0), **queued_again(self.clock()))
         return self._changed(claim, current)
 
     def fail(self, claim: Claim, reason: str) -> bool:
@@ -488,8 +492,7 @@ class ExportJobs:
                         status_desc=f"the export was interrupted {task.attempts} times (worker lost); giving up",
                         run_token=None, worker_id=None, lease_until=None)
                 else:
-                    tx.update_export_task(task.export_task_id, expect_run_token=task.run_token, run_state="queued",
-                                          run_token=None, worker_id=None, lease_until=None, queued_at=now)
+                    tx.update_export_task(task.export_task_id, expect_run_token=task.run_token, **queued_again(now))
                 changed.append(task.export_task_id)
         for path in orphans:  # a later run of the task writes under another random name
             _unlink(path)
