@@ -61,6 +61,9 @@ class Handlers:
         self.store = store
         self.authenticator = authenticator
         self.metrics = metrics
+        # Set when the server starts stopping: a stream cut from then on was cut by the shutdown,
+        # which the client sees as UNAVAILABLE.
+        self.shutting_down = False
 
     def _authorize(self, md: dict[str, str], project_id: str, operation: str) -> Caller:
         """Blocking (reads the store): who is calling, and may they do `operation`."""
@@ -128,6 +131,7 @@ class Handlers:
         request_id = self._begin(md)
         started = time.monotonic()
         code = "OK"
+        ended = False  # the stream ran to its end, or ended with a status of ours
         try:
             caller = await _in_thread(lambda: self._authorize(md, request.project_id, operation))
             agen = gen_fn(caller)
@@ -136,18 +140,25 @@ class Handlers:
             yield first
             async for item in agen:
                 yield item
+            ended = True
         except StopAsyncIteration:
+            ended = True
             return
         except grpc.aio.AbortError:
+            ended = True
             raise
-        except asyncio.CancelledError:
-            code = "CANCELLED"
+        except asyncio.CancelledError:  # cut: counted below as what the client saw
             raise
         except Exception as exc:  # noqa: BLE001
+            ended = True
             err = self._refused(exc, request_id)
             code = errors.grpc_code(err).name
             await errors.abort(context, err, request_id)
         finally:
+            if not ended:
+                # Cut at a yield (grpc closes or cancels the stream): by the client, or by the
+                # shutdown. Count what the client saw, not OK.
+                code = "UNAVAILABLE" if self.shutting_down else "CANCELLED"
             self._done(operation, code, started)
 
 
