@@ -6,7 +6,7 @@ DATA_LOSS (HTTP 500 with the platform's body, IOTDA.018005), the download does n
 the same conditions re-runs it. HTTP downloads carry the digest (Repr-Digest, RFC 9530).
 
 Through gRPC, raw HTTP and the official SDK, on the shared server (real workers); the races with a
-re-run on a server of the test's own, whose exports run when the test says.
+re-run on a server of the test's own (SQLite and PostgreSQL), whose exports run when the test says.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ DAMAGES = {"truncated": _truncate, "flipped": _flip, "deleted": _delete}
 
 def create(user, task_id: str) -> epb.ExportTask:
     return user.exports.CreateExportTask(epb.CreateExportTaskRequest(
-        project_id=user.project_id, resource_type="BatchTask", resource_condition=epb.ResourceCondition(task_id=task_id)),
+        project_id=user.project_id, resource_type="BatchTask",
+        resource_condition=epb.ResourceCondition(task_id=task_id)),
         metadata=user.metadata).export_task
 
 
@@ -297,7 +298,31 @@ def test_the_official_sdk_reads_the_data_loss_error(server, channel, damage):
     assert_marked(server, user, bad.export_task_id)
 
 
-# -- races with a re-run and with other downloads (domain, on a server of the test's own) ----------
+# -- races with a re-run and with other downloads (on a server of the test's own) -----------------
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def own_server(request, tmp_path):
+    """A server of the test alone, without workers (its exports run when the test says), on SQLite or
+    on a PostgreSQL database of its own."""
+    import pg_support as ps
+    from iotda_export_server.store import open_store
+    from iotda_export_server.testing import ServerThread
+
+    db, config = None, {}
+    if request.param == "postgres":
+        db = ps.TestDatabase().create()
+        open_store(tmp_path / "migrate", db.url, migrate=True).close()
+        config = dict(database=db.url, files_dir=str(tmp_path / "files"))
+    s = ServerThread(tmp_path / "data", workers=0, **config)
+    try:
+        with grpc.insecure_channel(s.address) as ch:
+            s.channel = ch
+            yield s
+    finally:
+        s.stop()
+        if db is not None:
+            db.drop()
+
 
 def _run_all(s) -> None:
     jobs = ExportJobs(s.store, s.server.files)
@@ -310,8 +335,8 @@ def _caller(s, user) -> Caller:
                   project_id=user.project_id, instance_id="")
 
 
-def test_a_damaged_file_found_while_a_re_run_is_queued_leaves_the_re_run_alone(manual_server):
-    s = manual_server
+def test_a_damaged_file_found_while_a_re_run_is_queued_leaves_the_re_run_alone(own_server):
+    s = own_server
     user = make_user(s, s.channel)
     batch = seed_batch_task(s.store, user.project_id, "", 500, seed=7)
     t = create(user, batch)
@@ -330,8 +355,8 @@ def test_a_damaged_file_found_while_a_re_run_is_queued_leaves_the_re_run_alone(m
     assert failure is None and b"".join(m.body.data for m in received) == original
 
 
-def test_a_stale_damage_verdict_neither_marks_a_newer_file_nor_uncounts_a_later_download(manual_server):
-    s = manual_server
+def test_a_stale_damage_verdict_neither_marks_a_newer_file_nor_uncounts_a_later_download(own_server):
+    s = own_server
     user = make_user(s, s.channel)
     batches = [seed_batch_task(s.store, user.project_id, "", 50 + i, seed=i) for i in range(2)]
     a, b = create(user, batches[0]), create(user, batches[1])

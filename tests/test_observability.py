@@ -178,7 +178,8 @@ def _big_finished_export(server: ServerThread, user, size: int) -> str:
     task = ExportTask(
         export_task_id=ids.new_id(), owner=user.creds["principal_id"], project_id=user.project_id, instance_id="",
         resource_type="BatchTask", batch_task_id=batch_task_id, export_format="xls", app_type="GLOBAL",
-        app_id=None, conditions_key=_json.dumps([user.project_id, "", "BatchTask", batch_task_id, "xls", "GLOBAL", None]),
+        app_id=None,
+        conditions_key=_json.dumps([user.project_id, "", "BatchTask", batch_task_id, "xls", "GLOBAL", None]),
         status="Success", status_desc=None, progress=100, export_count=1, create_time=now, end_time=now, version=1,
         run_state="done", run_token=None, attempts=1, worker_id=None, lease_until=None, queued_at=now,
         file_generation=1, file_size=size, file_sha256=hashlib.sha256(data).hexdigest())

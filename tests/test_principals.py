@@ -109,7 +109,8 @@ class As:
 
     def create(self, task_id: str, request_id: str = "") -> epb.ExportTask:
         return self.b.stub.CreateExportTask(epb.CreateExportTaskRequest(
-            project_id=self.project, resource_type="BatchTask", resource_condition=epb.ResourceCondition(task_id=task_id),
+            project_id=self.project, resource_type="BatchTask",
+            resource_condition=epb.ResourceCondition(task_id=task_id),
             request_id=request_id), metadata=self.md).export_task
 
     def get(self, export_task_id: str) -> epb.ExportTask:
