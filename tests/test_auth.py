@@ -93,8 +93,7 @@ def test_a_removed_principal_token_stops_working(server, channel):
     user = make_user(server, channel)
     assert user.exports.ListExportTasks(epb.ListExportTasksRequest(project_id=user.project_id),
                                         metadata=user.metadata).page.count == 0
-    with server.store.transaction() as tx:
-        assert tx.delete_principal(user.creds["user"])
+    assert auth.remove_principal(server.store, server.server.files, user.creds["user"])
     assert refused(invoke(user, "ListExportTasks", user.metadata), Code.UNAUTHENTICATED).error_code == "IOTDA.000002"
 
 

@@ -11,6 +11,7 @@ when the test says. Each test uses its own principal: quotas are per user.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -82,7 +83,8 @@ def wait_status(user, export_task_id, status, timeout=30.0) -> epb.ExportTask:
 
 
 def owner(user) -> str:
-    return user.creds["user"]
+    """What owns the user's records in the store: the principal's immutable id."""
+    return user.creds["principal_id"]
 
 
 def store_task(server, export_task_id) -> ExportTask | None:
@@ -102,6 +104,9 @@ def xls_rows(zip_bytes: bytes) -> list[list[str]]:
     return [sheet.row_values(i) for i in range(sheet.nrows)]
 
 
+FAKE_ZIP = b"PK\x05\x06"  # what insert_finished_tasks writes as each task's file
+
+
 def insert_finished_tasks(server, user, n: int, instance_id: str = "", with_files: bool = True,
                           start_ms: int | None = None) -> list[ExportTask]:
     """n finished (Success) export tasks of the user, written through the store API with ascending IDs
@@ -119,13 +124,13 @@ def insert_finished_tasks(server, user, n: int, instance_id: str = "", with_file
                 app_id=None, conditions_key=key, status="Success", status_desc=None, progress=100, export_count=1,
                 create_time=start_ms + i * 1000, end_time=start_ms + i * 1000 + 500, version=3, run_state="done",
                 run_token=None, attempts=1, worker_id=None, lease_until=None, queued_at=start_ms + i * 1000,
-                file_generation=1 if with_files else 0, file_size=4 if with_files else None,
-                file_sha256=None)
+                file_generation=1 if with_files else 0, file_size=len(FAKE_ZIP) if with_files else None,
+                file_sha256=hashlib.sha256(FAKE_ZIP).hexdigest() if with_files else None)
             tx.insert_export_task(t)
             tasks.append(t)
     if with_files:
         for t in tasks:
-            server.server.files.path(t.export_task_id).write_bytes(b"PK\x05\x06")
+            server.server.files.path(t.export_task_id).write_bytes(FAKE_ZIP)
     return tasks
 
 
@@ -175,7 +180,7 @@ def test_twenty_concurrent_creates_by_one_user_admit_exactly_five(idle_server, i
         assert f.code == Code.RESOURCE_EXHAUSTED, f.message
         assert f.error_code == "IOTDA.018002" and f.error_info.reason == "QUOTA_EXCEEDED"
         assert f.error_info.metadata["limit"] == "5"
-        assert f.quota_failure is not None and f.quota_failure.violations[0].subject == f"user:{owner(user)}"
+        assert f.quota_failure is not None and f.quota_failure.violations[0].subject == f"user:{user.creds['user']}"
     assert {t.status for t in admitted} == {"Processing"}
     assert owner_task_ids(idle_server, user) == {t.export_task_id for t in admitted}
     assert idle_server.store.reader().count_export_tasks(owner(user), unfinished_only=True) == 5
@@ -459,7 +464,7 @@ def test_the_download_window_expires_after_30_seconds(user, seed, server):
     wait_status(user, t.export_task_id, "Success")
     now = [1_900_000_000_000]
     service = ExportService(server.store, server.server.files, clock=lambda: now[0])
-    caller = Caller(principal=server.store.reader().principal_by("user", owner(user)), project_id=user.project_id,
+    caller = Caller(principal=server.store.reader().principal_by("principal_id", owner(user)), project_id=user.project_id,
                     instance_id="")
 
     def admit(offset=0):

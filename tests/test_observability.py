@@ -162,3 +162,75 @@ def test_json_logs_carry_request_id_and_user_and_no_secret(tmp_path):
     cancel = [e for e in events if e.get("rpc") == "CancelExportTask"]
     assert cancel and cancel[-1]["code"] == "NOT_FOUND" and cancel[-1]["user"] == creds["user"], cancel
     assert any(e["process"].startswith("worker") for e in events), "the worker's lines are JSON too"
+
+
+def _big_finished_export(server: ServerThread, user, size: int) -> str:
+    """A finished export whose file is `size` bytes (far more than HTTP/2 windows hold), through the
+    store API as a worker would leave it: a download of it stays in flight while its client waits."""
+    import hashlib
+    import json as _json
+
+    from iotda_export_server.domain import ids
+    from iotda_export_server.domain.model import ExportTask
+
+    data = os.urandom(size)
+    batch_task_id, now = ids.new_id(), ids.now_ms()
+    task = ExportTask(
+        export_task_id=ids.new_id(), owner=user.creds["principal_id"], project_id=user.project_id, instance_id="",
+        resource_type="BatchTask", batch_task_id=batch_task_id, export_format="xls", app_type="GLOBAL",
+        app_id=None,
+        conditions_key=_json.dumps([user.project_id, "", "BatchTask", batch_task_id, "xls", "GLOBAL", None]),
+        status="Success", status_desc=None, progress=100, export_count=1, create_time=now, end_time=now, version=1,
+        run_state="done", run_token=None, attempts=1, worker_id=None, lease_until=None, queued_at=now,
+        file_generation=1, file_size=size, file_sha256=hashlib.sha256(data).hexdigest())
+    with server.store.transaction(lock_key=task.owner) as tx:
+        tx.insert_export_task(task)
+    server.server.files.path(task.export_task_id).write_bytes(data)
+    return task.export_task_id
+
+
+def _samples(text: bytes) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text.decode()) for s in family.samples}
+
+
+def test_downloads_cut_by_the_client_or_by_shutdown_count_as_what_the_client_saw(tmp_path):
+    server = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0")
+    stopped = False
+    try:
+        # BDP probing off: the client's window stays small, so the server waits on the client.
+        with grpc.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+            user = make_user(server, channel)
+            exports = [_big_finished_export(server, user, 32 * 1024 * 1024)]
+
+            def download(export_task_id, offset=0):
+                return user.exports.ShowExportTask(epb.ShowExportTaskRequest(
+                    project_id=user.project_id, export_task_id=export_task_id, offset=offset), metadata=user.metadata)
+
+            # The client cancels after the first message.
+            stream = download(exports[0])
+            next(stream)
+            stream.cancel()
+            wait_for(lambda: value(scrape(server), "iotda_export_rpcs_total", method="ShowExportTask",
+                                   code="CANCELLED") == 1, timeout=10, what="the cancelled download to be counted")
+            assert value(scrape(server), "iotda_export_rpcs_total", method="ShowExportTask", code="OK") == 0
+
+            # The server shuts down while a download waits on its client: the client sees UNAVAILABLE.
+            stream = download(exports[0], offset=1)  # a free resume of the cancelled download
+            next(stream)
+            server.stop(grace=0.5)
+            stopped = True
+            try:
+                for _ in stream:
+                    pass
+                raise AssertionError("the download outlived the server")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+    finally:
+        if not stopped:
+            server.stop()
+    # The gateway is gone with the server: read the same exposition /metrics served.
+    after = _samples(server.server.metrics.exposition())
+    assert value(after, "iotda_export_rpcs_total", method="ShowExportTask", code="UNAVAILABLE") == 1
+    assert value(after, "iotda_export_rpcs_total", method="ShowExportTask", code="CANCELLED") == 1
+    assert value(after, "iotda_export_rpcs_total", method="ShowExportTask", code="OK") == 0

@@ -222,7 +222,7 @@ def test_quota_storm_across_replicas_admits_exactly_five(fleet):
         for e in errors:
             assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and e.error_code == "IOTDA.018002", repr(e)
         assert {r.status for r in results} == {"Processing"}
-        assert fleet.db.scalar("SELECT count(*) FROM export_tasks WHERE owner = %s", ("stormy",)) == 5
+        assert fleet.db.scalar("SELECT count(*) FROM export_tasks WHERE owner = %s", (creds["principal_id"],)) == 5
 
         # The same conditions from both replicas at once: one task (the unique index, under the lock).
         twin = fleet.user("twin")
@@ -232,13 +232,13 @@ def test_quota_storm_across_replicas_admits_exactly_five(fleet):
             results, errors = _storm([lambda i=i: twin_clients[i % 2].create_export(same) for i in range(10)])
             assert not errors, errors
             assert len({r.export_task_id for r in results}) == 1, {r.export_task_id for r in results}
-            assert fleet.db.scalar("SELECT count(*) FROM export_tasks WHERE owner = %s", ("twin",)) == 1
+            assert fleet.db.scalar("SELECT count(*) FROM export_tasks WHERE owner = %s", (twin["principal_id"],)) == 1
             twin_clients[0].cancel_export(results[0].export_task_id)
         finally:
             for c in twin_clients:
                 c.close()
         # Cancelled, so that the workers started later do not spend time on them.
-        for r in fleet.db.query("SELECT export_task_id FROM export_tasks WHERE owner = %s", ("stormy",)):
+        for r in fleet.db.query("SELECT export_task_id FROM export_tasks WHERE owner = %s", (creds["principal_id"],)):
             assert clients["b"].cancel_export(r[0]).status == "Failed"
     finally:
         for c in clients.values():

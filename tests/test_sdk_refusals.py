@@ -163,6 +163,14 @@ def s_download_rate(server, quiet, user):
     return sdk, e
 
 
+def s_damaged(server, quiet, user):
+    sdk = Sdk(server, user.creds, SDK)
+    export_task_id = _finished_export(sdk, server, user)
+    path = server.server.files.path(export_task_id)
+    path.write_bytes(path.read_bytes()[:-10])  # truncated behind the service's back
+    return sdk, refusal(sdk, sdk.show_export_task, ShowExportTaskRequest(export_task_id=export_task_id))
+
+
 def s_unavailable(server, quiet, user, tmp_path):
     # The gateway up, the gRPC service behind it gone (as in the middle of a shutdown): 503.
     s = ServerThread(tmp_path / "halting", workers=0, http_addr="127.0.0.1:0")
@@ -180,7 +188,8 @@ SCENARIOS = {
     (404, "IOTDA.018001"): s_export_not_found, (404, "IOTDA.019001"): s_batch_not_found,
     (400, "IOTDA.018004"): s_not_ready, (400, "IOTDA.019002"): s_batch_unfinished,
     (400, "IOTDA.019003"): s_unknown_target, (403, "IOTDA.018002"): s_unfinished_quota,
-    (403, "IOTDA.018003"): s_download_rate, (503, "IOTDA.000503"): s_unavailable,
+    (403, "IOTDA.018003"): s_download_rate, (500, "IOTDA.018005"): s_damaged,
+    (503, "IOTDA.000503"): s_unavailable,
 }
 # Rows whose (status, code) pair is shared with another row: each gets its own scenario too.
 EXTRA = {"offset past the end": ((400, "IOTDA.000006"), s_offset)}

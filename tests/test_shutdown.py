@@ -84,11 +84,13 @@ def test_sigterm_ends_watches_with_unavailable_and_keeps_the_export_resumable(tm
             proc.wait()
 
     with sqlite3.connect(tmp_path / "iotda-export.db") as db:
-        status, run_state, attempts = db.execute(
-            "SELECT status, run_state, attempts FROM export_tasks WHERE export_task_id = ?",
+        status, run_state, attempts, progress, export_count = db.execute(
+            "SELECT status, run_state, attempts, progress, export_count FROM export_tasks WHERE export_task_id = ?",
             (created.export_task_id,)).fetchone()
     assert (status, run_state) == ("Processing", "queued"), "the export was not handed back to the queue"
     assert attempts == 0, "a graceful stop must not use up an attempt"
+    # Queued again, it shows what the README promises for a queued export (it had made progress).
+    assert (progress, export_count) == (1, 0), (progress, export_count)
     assert not [p for p in (tmp_path / "files").iterdir() if p.name.endswith(".part")]
 
     proc, address = start_serve(tmp_path)

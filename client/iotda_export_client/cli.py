@@ -261,7 +261,7 @@ def _principal_add(args) -> int:
 def _principal_list(args) -> int:
     store = _admin_store(args, create=False)
     principals = store.reader().list_principals()
-    docs = [{"user": p.user, "project_id": p.project_id, "enterprise_project_id": p.enterprise_project_id,
+    docs = [{"user": p.user, "principal_id": p.principal_id, "project_id": p.project_id, "enterprise_project_id": p.enterprise_project_id,
              "ak": p.ak, "statements": [s.to_json() for s in p.statements],
              "created_at": dt.datetime.fromtimestamp(p.created_at / 1000, dt.timezone.utc)
              .strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"} for p in principals]
@@ -283,14 +283,27 @@ def _principal_list(args) -> int:
 
 
 def _principal_remove(args) -> int:
+    from iotda_export_server.domain.auth import remove_principal
+    from iotda_export_server.store.files import ResultFiles
     store = _admin_store(args, create=False)
-    with store.transaction() as tx:
-        removed = tx.delete_principal(args.user)
-    if not removed:
+    files_dir = args.files_dir or os.path.join(args.data_dir, "files")
+    # The files directory the server uses; if it is not reachable from here, the server's next start
+    # removes the files of the deleted tasks (its sweep), so nothing is left for good.
+    files = ResultFiles(files_dir) if os.path.isdir(files_dir) else _NoFiles()
+    if not remove_principal(store, files, args.user):
         _err(f"no principal {args.user!r}")
         return 1
-    print(f"removed principal {args.user}; its token and AK/SK no longer work", file=sys.stderr)
+    print(f"removed principal {args.user}; its token and AK/SK no longer work, its export tasks and their"
+          " files are deleted", file=sys.stderr)
+    if isinstance(files, _NoFiles):
+        print(f"no files directory at {files_dir}: the server's next start removes the deleted tasks' files"
+              " (or pass --files-dir)", file=sys.stderr)
     return 0
+
+
+class _NoFiles:
+    def remove(self, _export_task_id: str) -> None:
+        pass
 
 
 def _seed(args) -> int:
@@ -600,8 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
     _state_flags(p, default_data_dir)
     _json_flag(p)
     p.set_defaults(func=_principal_list)
-    p = psub.add_parser("remove", help="remove a principal: its credentials stop working at once")
+    p = psub.add_parser("remove", help="remove a principal: its credentials stop working at once; its export"
+                                       " tasks and their files are deleted")
     _state_flags(p, default_data_dir)
+    p.add_argument("--files-dir", default=os.environ.get("IOTDA_EXPORT_FILES_DIR") or None,
+                   help="the server's result files (env IOTDA_EXPORT_FILES_DIR; default <data-dir>/files)")
     p.add_argument("--user", required=True)
     p.set_defaults(func=_principal_remove)
 

@@ -135,6 +135,7 @@ class ExportServer:
         self.supervisor: Supervisor | None = None
         self.listener = None
         self.changes: ChangeListener | None = None
+        self.servicers: tuple = ()
 
     async def start(self) -> int:
         from grpc_health.v1 import health_pb2
@@ -195,9 +196,9 @@ class ExportServer:
         # The gateway vouches for callers it authenticated by AK/SK with a key only this process knows.
         front_end_key = secrets.token_hex(32)
         authenticator = auth.Authenticator(store, front_end_key)
-        self.server, self.port, self.health = create_server(
-            self.config.grpc_addr, ExportTaskServicer(store, authenticator, metrics, exports, hub),
-            BatchTaskServicer(store, authenticator, metrics, BatchService(store)))
+        self.servicers = (ExportTaskServicer(store, authenticator, metrics, exports, hub),
+                          BatchTaskServicer(store, authenticator, metrics, BatchService(store)))
+        self.server, self.port, self.health = create_server(self.config.grpc_addr, *self.servicers)
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -225,6 +226,8 @@ class ExportServer:
             await self.health.enter_graceful_shutdown()
         if hasattr(self, "hub"):
             self.hub.close()
+        for servicer in self.servicers:  # streams cut from now on are cut by the shutdown
+            servicer.shutting_down = True
         if self.gateway is not None:
             await self.gateway.stop()
         if self.server is not None:

@@ -79,6 +79,11 @@ def _random(alphabet: str, n: int) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(n))
 
 
+def new_principal_id() -> str:
+    """24 random hex: the principal's immutable identity (owner of its records)."""
+    return secrets.token_hex(12)
+
+
 def new_principal(user: str, project_id: str, statements: list[Statement],
                   enterprise_project_id: str = DEFAULT_ENTERPRISE_PROJECT) -> tuple[Principal, str]:
     """A principal with fresh credentials; returns it and its bearer token (stored only hashed)."""
@@ -89,7 +94,7 @@ def new_principal(user: str, project_id: str, statements: list[Statement],
     # Hex: a token that started with "-" (as urlsafe base64 can) would read as an option on command lines.
     token = secrets.token_hex(32)
     principal = Principal(
-        user=user, project_id=project_id, enterprise_project_id=enterprise_project_id,
+        user=user, principal_id=new_principal_id(), project_id=project_id, enterprise_project_id=enterprise_project_id,
         ak=_random(string.ascii_uppercase + string.digits, 20),
         sk=_random(string.ascii_letters + string.digits, 40),
         statements=statements, created_at=int(time.time() * 1000))
@@ -98,23 +103,27 @@ def new_principal(user: str, project_id: str, statements: list[Statement],
 
 def credentials_document(principal: Principal, token: str) -> dict:
     """What `principal add --json` prints and credentials.json holds."""
-    return {"user": principal.user, "project_id": principal.project_id, "token": token,
+    return {"user": principal.user, "principal_id": principal.principal_id, "project_id": principal.project_id,
+            "token": token,
             "ak": principal.ak, "sk": principal.sk,
             "enterprise_project_id": principal.enterprise_project_id}
 
 
 class Authenticator:
-    """Credentials -> principal, through the store: a bearer token, or the identity a trusted front
-    end (the HTTP gateway, which verified an AK/SK signature itself) vouches for with its key."""
+    """Credentials -> principal, through the store: a bearer token, or the principal a trusted front
+    end (the HTTP gateway, which verified an AK/SK signature itself) vouches for, by its immutable
+    id, with its key."""
 
     def __init__(self, store, front_end_key: str | None = None):
         self.store = store
         self.front_end_key = front_end_key
 
-    def authenticate(self, token: str, vouched_user: str = "", front_end_key: str = "") -> Principal:
-        if vouched_user and self.front_end_key and hmac.compare_digest(front_end_key, self.front_end_key):
-            principal = self.store.reader().principal_by("user", vouched_user)
-            if principal is None:  # removed since the signature was checked
+    def authenticate(self, token: str, vouched_principal_id: str = "", front_end_key: str = "") -> Principal:
+        if vouched_principal_id and self.front_end_key and hmac.compare_digest(front_end_key, self.front_end_key):
+            # By id, not by name: a principal removed (and another added under its name) since the
+            # signature was checked is not found, rather than found as the new one.
+            principal = self.store.reader().principal_by("principal_id", vouched_principal_id)
+            if principal is None:
                 raise Unauthenticated()
             return principal
         return self.by_token(token)
@@ -130,3 +139,26 @@ class Authenticator:
     def by_access_key(self, access_key: str) -> Principal | None:
         """The principal whose AK this is (its SK then verifies the request's signature), or None."""
         return self.store.reader().principal_by("ak", access_key)
+
+def remove_principal(store, files, user: str) -> bool:
+    """Removes the principal named `user`: its credentials stop working at once, and its export
+    tasks, idempotency records and download mark go in the same transaction, locked on its id (the
+    lock every per-user decision takes, so a create or download racing the removal either comes first
+    and is deleted with the rest, or comes after and finds the principal gone). The tasks' result
+    files are removed after the commit; a crash in between leaves files of tasks that no longer exist,
+    which the server's start-up sweep removes. Returns False when there is no such principal."""
+    while True:
+        found = store.reader().principal_by("user", user)
+        if found is None:
+            return False
+        with store.transaction(lock_key=found.principal_id) as tx:
+            current = tx.principal_by("user", user)
+            if current is not None and current.principal_id == found.principal_id:
+                export_task_ids = tx.delete_principal(found.principal_id)
+            else:  # removed, or removed and added again, between the look-up and the lock: look again
+                export_task_ids = None
+        if export_task_ids is not None:
+            break
+    for export_task_id in export_task_ids:
+        files.remove(export_task_id)
+    return True

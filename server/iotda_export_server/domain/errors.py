@@ -122,6 +122,17 @@ class RateLimited(DomainError):
         self.retry_after = retry_after
 
 
+class DataLoss(DomainError):
+    """A result file is damaged (missing, another size, another digest than recorded)."""
+
+    reason = "DATA_LOSS"
+
+    def __init__(self, export_task_id: str, message: str):
+        super().__init__(message, error_code=Codes.EXPORT_FILE_DAMAGED)
+        self.resource = "export task"
+        self.resource_id = export_task_id
+
+
 class Unauthenticated(DomainError):
     error_code = "IOTDA.000002"
     reason = "UNAUTHENTICATED"
@@ -145,6 +156,7 @@ class Codes:
     EXPORT_UNFINISHED_LIMIT = "IOTDA.018002"
     DOWNLOAD_RATE_LIMIT = "IOTDA.018003"
     EXPORT_FILE_NOT_READY = "IOTDA.018004"
+    EXPORT_FILE_DAMAGED = "IOTDA.018005"
     BATCH_TASK_NOT_FINISHED = "IOTDA.019002"
     BATCH_TASK_UNKNOWN_TARGET = "IOTDA.019003"
     INTERNAL = "IOTDA.000500"

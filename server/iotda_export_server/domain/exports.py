@@ -8,6 +8,7 @@ IMMEDIATE; PostgreSQL: an advisory transaction lock), so the counts cannot race.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
@@ -15,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import ids, rules, validation
-from .errors import (Codes, ExportTaskNotFound, FailedPrecondition, BatchTaskNotFound, OutOfRange,
-                     QuotaExceeded, RateLimited, invalid)
+from .errors import (Codes, DataLoss, ExportTaskNotFound, FailedPrecondition, BatchTaskNotFound, OutOfRange,
+                     QuotaExceeded, RateLimited, Unauthenticated, invalid)
 from .model import Caller, ExportTask, Page
+
+log = logging.getLogger("iotda_export.exports")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class Download:
     offset: int
     length: int
     file_name: str
+    owner: str = ""
+    # The user's download mark before this download, and the one it set (a store record, compared
+    # whole): a download that turns out damaged is un-counted only while its mark is still current.
+    previous_mark: tuple | None = None
+    mark: tuple | None = None
 
 
 def file_name(export_task_id: str) -> str:
@@ -56,6 +64,25 @@ def file_name(export_task_id: str) -> str:
 
 def inner_file_name(export_task_id: str) -> str:
     return f"export-{export_task_id}.xls"
+
+
+def damaged_description(reason: str) -> str:
+    """The status_desc of a task whose result file was found damaged."""
+    return f"the result file is damaged ({reason}); create the export again to re-run it"
+
+
+def queued_again(now: int) -> dict:
+    """Column values of a run going (back) to the queue, whatever sends it there (a create, a worker
+    handing it back, an expired lease): no run, and progress 1 with no rows while queued."""
+    return dict(run_state="queued", run_token=None, worker_id=None, lease_until=None, queued_at=now,
+                progress=rules.PROGRESS_QUEUED, export_count=0)
+
+
+def _require_principal(tx, caller: Caller) -> None:
+    """Inside the principal's lock, before writing anything it owns: the principal still exists. A
+    removal takes the same lock, so a call authenticated just before it cannot leave records behind."""
+    if tx.principal_by("principal_id", caller.owner) is None:
+        raise Unauthenticated()
 
 
 class ExportService:
@@ -99,6 +126,7 @@ class ExportService:
         owner = caller.owner
         evicted: list[str] = []
         with self.store.transaction(lock_key=owner) as tx:
+            _require_principal(tx, caller)
             if r.request_id:
                 known = tx.request_task_id(owner, r.request_id)
                 if known is not None and (task := tx.export_task(known)) is not None:
@@ -117,14 +145,12 @@ class ExportService:
                     raise QuotaExceeded(
                         f"The user already has {rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER} unfinished export"
                         " tasks; wait until one finishes.", quota_id="unfinished-export-tasks-per-user",
-                        subject=f"user:{owner}", limit=rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER,
+                        subject=f"user:{caller.principal.user}", limit=rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER,
                         error_code=Codes.EXPORT_UNFINISHED_LIMIT)
                 if existing is not None:  # same conditions: re-run, the file is replaced on success
                     tx.update_export_task(
                         existing.export_task_id, status=rules.STATUS_PROCESSING, status_desc=None,
-                        progress=rules.PROGRESS_QUEUED, export_count=0, create_time=now, end_time=None,
-                        run_state="queued", run_token=None, attempts=0, worker_id=None, lease_until=None,
-                        queued_at=now)
+                        create_time=now, end_time=None, attempts=0, **queued_again(now))
                     task = tx.export_task(existing.export_task_id)
                 else:
                     while tx.count_export_tasks(owner) >= rules.MAX_EXPORT_TASKS_PER_USER:
@@ -222,7 +248,10 @@ class ExportService:
     # -- download --------------------------------------------------------------------------------
 
     def admit_download(self, caller: Caller, export_task_id: str, offset: int, limit: int) -> Download:
-        """Checks the task, its file and the user's download rate; counts the download."""
+        """Checks the task, its file and the user's download rate; counts the download.
+
+        The file is opened, and its size compared with the recorded one, before the download counts:
+        a missing or resized file is damaged (DataLoss; the task is marked, nothing counted)."""
         # A negative offset or limit is invalid whatever the file (INVALID_ARGUMENT); only an offset past
         # the end of this file is OUT_OF_RANGE (gRPC's own example of the difference).
         validation.collect(
@@ -231,10 +260,16 @@ class ExportService:
             lambda: limit >= 0 or _raise(invalid("limit", "must not be negative")),
         )
         owner = caller.owner
+        damage = None
         with self.store.transaction(lock_key=owner) as tx:
             task = tx.export_task(export_task_id)
             if task is None or not _visible(task, caller):
                 raise ExportTaskNotFound(export_task_id)
+            if task.file_damaged:
+                then = ("it is running again" if task.unfinished
+                        else "create the export again to re-run it")
+                raise DataLoss(export_task_id, f"The result file of export task {export_task_id} was found damaged"
+                                               f" and removed; {then}.")
             if not task.file_available:
                 raise FailedPrecondition(
                     f"The export task {export_task_id} has no file yet (status {task.status}); download it"
@@ -242,38 +277,103 @@ class ExportService:
                     violation_type="NOT_SUCCEEDED", error_code=Codes.EXPORT_FILE_NOT_READY)
             if offset > task.file_size:
                 raise OutOfRange("offset", f"is past the end of the file ({task.file_size} bytes)")
-            now = self.clock()
-            last = tx.download_limit(owner)
-            resuming = (offset > 0 and last is not None and last.export_task_id == export_task_id
-                        and last.file_generation == task.file_generation and offset > last.resume_offset
-                        and last.resumes < rules.DOWNLOAD_FREE_RESUMES
-                        and now - last.last_at < rules.DOWNLOAD_RESUME_WINDOW_SECONDS * 1000)
-            interval_ms = int(rules.DOWNLOAD_INTERVAL_SECONDS * 1000)
-            if last is not None and not resuming and now - last.last_at < interval_ms:
-                wait = (last.last_at + interval_ms - now) / 1000
-                raise RateLimited(
-                    f"Downloads are limited to one every {rules.DOWNLOAD_INTERVAL_SECONDS:.0f} seconds per user;"
-                    f" retry in {wait:.1f} s.", quota_id="downloads-per-user-per-30s", subject=f"user:{owner}",
-                    retry_after=wait, error_code=Codes.DOWNLOAD_RATE_LIMIT)
-            try:
-                f = open(self.files.path(export_task_id), "rb")
-            except FileNotFoundError:  # removed behind the service's back (a lost volume, by hand)
-                raise FailedPrecondition(
-                    f"The file of export task {export_task_id} is missing; create the task again to re-run it.",
-                    subject=f"export-task:{export_task_id}", violation_type="FILE_MISSING",
-                    error_code=Codes.EXPORT_FILE_NOT_READY) from None
-            try:
-                if resuming:
-                    tx.record_resume(owner, offset)
-                else:
-                    tx.set_download_limit(owner, now, export_task_id, task.file_generation)
-            except BaseException:
-                f.close()
-                raise
+            f, damage = self._open_checked(task)
+            if damage is not None:
+                self._mark_damaged(tx, task, damage)
+            else:
+                try:  # (the task is the caller's, so the principal exists: removal deletes its tasks)
+                    previous, mark = self._count_download(tx, caller, task, offset)
+                except BaseException:
+                    f.close()
+                    raise
+        if damage is not None:
+            raise self._damaged(task, damage)
         length = task.file_size - offset
         if limit:
             length = min(length, limit)
-        return Download(task=task, file=f, offset=offset, length=length, file_name=file_name(export_task_id))
+        return Download(task=task, file=f, offset=offset, length=length, file_name=file_name(export_task_id),
+                        owner=owner, previous_mark=previous, mark=mark)
+
+    def _open_checked(self, task: ExportTask) -> tuple[BinaryIO | None, str | None]:
+        """(the open file, None), or (None, what is wrong with it): missing, or not the recorded size."""
+        try:
+            f = open(self.files.path(task.export_task_id), "rb")
+        except FileNotFoundError:  # removed behind the service's back (a lost volume, by hand)
+            return None, "the file is missing"
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except BaseException:
+            f.close()
+            raise
+        if size != task.file_size:
+            f.close()
+            return None, f"{size} bytes instead of {task.file_size}"
+        return f, None
+
+    def _count_download(self, tx, caller: Caller, task: ExportTask, offset: int) -> tuple[tuple | None, tuple]:
+        """Applies the one-download-per-30-s rule and counts the download (or a free resume of the last
+        one); returns the user's mark before and after."""
+        owner = caller.owner
+        now = self.clock()
+        last = tx.download_limit(owner)
+        resuming = (offset > 0 and last is not None and last.export_task_id == task.export_task_id
+                    and last.file_generation == task.file_generation and offset > last.resume_offset
+                    and last.resumes < rules.DOWNLOAD_FREE_RESUMES
+                    and now - last.last_at < rules.DOWNLOAD_RESUME_WINDOW_SECONDS * 1000)
+        interval_ms = int(rules.DOWNLOAD_INTERVAL_SECONDS * 1000)
+        if last is not None and not resuming and now - last.last_at < interval_ms:
+            wait = (last.last_at + interval_ms - now) / 1000
+            raise RateLimited(
+                f"Downloads are limited to one every {rules.DOWNLOAD_INTERVAL_SECONDS:.0f} seconds per user;"
+                f" retry in {wait:.1f} s.", quota_id="downloads-per-user-per-30s",
+                subject=f"user:{caller.principal.user}",
+                retry_after=wait, error_code=Codes.DOWNLOAD_RATE_LIMIT)
+        if resuming:
+            tx.record_resume(owner, offset)
+        else:
+            tx.set_download_limit(owner, now, task.export_task_id, task.file_generation)
+        return last, tx.download_limit(owner)
+
+    def verify_download(self, d: Download, sha256_hex: str) -> None:
+        """After the whole file went through the digest (before the last bytes are sent): raises
+        DataLoss, un-counting the download and marking the task, unless it is the recorded sha256."""
+        if d.task.file_sha256 is not None and sha256_hex == d.task.file_sha256:
+            return
+        self.reject_download(d, "its sha256 differs from the recorded one")
+
+    def reject_download(self, d: Download, reason: str) -> None:
+        """The file of an admitted download turned out damaged while streaming: restores the user's
+        previous download mark (only if the mark is still the one this download set: a later counted
+        download stays counted) and marks the task, in one locked transaction; raises DataLoss."""
+        with self.store.transaction(lock_key=d.owner) as tx:
+            if d.mark is not None:
+                tx.restore_download_limit(d.owner, d.mark, d.previous_mark)
+            self._mark_damaged(tx, d.task, reason)
+        raise self._damaged(d.task, reason)
+
+    def _mark_damaged(self, tx, task: ExportTask, reason: str) -> bool:
+        """Under the owner's lock: the task's file (generation `task.file_generation`) is damaged. The
+        file is removed and no longer offered (file_size and file_sha256 cleared, the generation kept);
+        a finished task becomes Failed saying why, so GetExportTask and ListExportTasks show it and the
+        next create with the same conditions re-runs it; a task already re-running keeps running. A
+        no-op when stale: the task deleted, a newer file published, or the file already marked."""
+        current = tx.export_task(task.export_task_id)
+        if current is None or current.file_generation != task.file_generation or not current.file_available:
+            return False
+        values: dict = {"file_size": None, "file_sha256": None}
+        if not current.unfinished:
+            values.update(status=rules.STATUS_FAILED, status_desc=damaged_description(reason))
+        tx.update_export_task(task.export_task_id, **values)
+        self.files.remove(task.export_task_id)  # under the lock: a re-run cannot publish in between
+        return True
+
+    def _damaged(self, task: ExportTask, reason: str) -> DataLoss:
+        log.warning("the result file of export task %s (generation %d) is damaged: %s; marked, not counted",
+                    task.export_task_id, task.file_generation, reason)
+        self.on_change(task.export_task_id)
+        then = "it is running again" if task.unfinished else "create the export again to re-run it"
+        return DataLoss(task.export_task_id, f"The result file of export task {task.export_task_id} is damaged"
+                                             f" ({reason}); {then}.")
 
 
 def _visible(task: ExportTask, caller: Caller) -> bool:
@@ -362,8 +462,7 @@ class ExportJobs:
         """Gives a run back to the queue (the worker is stopping); the attempt does not count."""
         with self.store.transaction() as tx:
             current = tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
-                                            run_state="queued", run_token=None, worker_id=None, lease_until=None,
-                                            attempts=max(claim.task.attempts - 1, 0), queued_at=self.clock())
+                                            attempts=max(claim.task.attempts - 1, 0), **queued_again(self.clock()))
         return self._changed(claim, current)
 
     def fail(self, claim: Claim, reason: str) -> bool:
@@ -393,8 +492,7 @@ class ExportJobs:
                         status_desc=f"the export was interrupted {task.attempts} times (worker lost); giving up",
                         run_token=None, worker_id=None, lease_until=None)
                 else:
-                    tx.update_export_task(task.export_task_id, expect_run_token=task.run_token, run_state="queued",
-                                          run_token=None, worker_id=None, lease_until=None, queued_at=now)
+                    tx.update_export_task(task.export_task_id, expect_run_token=task.run_token, **queued_again(now))
                 changed.append(task.export_task_id)
         for path in orphans:  # a later run of the task writes under another random name
             _unlink(path)

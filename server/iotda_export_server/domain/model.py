@@ -13,7 +13,7 @@ from . import rules
 @dataclass
 class ExportTask:
     export_task_id: str
-    owner: str
+    owner: str  # the owning principal's principal_id
     project_id: str
     instance_id: str
     resource_type: str
@@ -35,6 +35,8 @@ class ExportTask:
     worker_id: str | None
     lease_until: int | None
     queued_at: int | None
+    # The last good result file: generation 0 none yet; a generation with no size and digest: that
+    # file was found damaged and removed (the generation stays, so it never names another file).
     file_generation: int
     file_size: int | None
     file_sha256: str | None
@@ -45,7 +47,11 @@ class ExportTask:
 
     @property
     def file_available(self) -> bool:
-        return self.file_generation > 0
+        return self.file_generation > 0 and self.file_size is not None
+
+    @property
+    def file_damaged(self) -> bool:
+        return self.file_generation > 0 and self.file_size is None
 
 
 @dataclass
@@ -150,7 +156,12 @@ class Statement:
 
 @dataclass
 class Principal:
+    """A user of one project. `principal_id` (random, immutable, made with the principal) is what owns
+    export tasks, download marks and idempotency records: a user removed and added again under the same
+    name is another principal and inherits nothing. `user` is the name, for people and logs."""
+
     user: str
+    principal_id: str
     project_id: str
     enterprise_project_id: str
     ak: str
@@ -163,7 +174,7 @@ class Principal:
 
     @classmethod
     def from_row(cls, row: Any) -> "Principal":
-        return cls(user=row["user"], project_id=row["project_id"],
+        return cls(user=row["user"], principal_id=row["principal_id"], project_id=row["project_id"],
                    enterprise_project_id=row["enterprise_project_id"], ak=row["ak"], sk=row["sk"],
                    statements=list(_policy_statements(row["policy"])), created_at=row["created_at"])
 
@@ -185,4 +196,5 @@ class Caller:
 
     @property
     def owner(self) -> str:
-        return self.principal.user
+        """What owns the caller's records: the principal's immutable id, never the user name."""
+        return self.principal.principal_id

@@ -182,21 +182,29 @@ class SqliteTx:
 
     def insert_principal(self, p: Principal, token_sha256: str) -> None:
         self.c.execute(
-            'INSERT INTO principals ("user", project_id, enterprise_project_id, token_sha256, ak, sk, policy,'
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (p.user, p.project_id, p.enterprise_project_id, token_sha256, p.ak, p.sk, p.policy_json(),
-             p.created_at))
+            'INSERT INTO principals ("user", principal_id, project_id, enterprise_project_id, token_sha256, ak, sk,'
+            " policy, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (p.user, p.principal_id, p.project_id, p.enterprise_project_id, token_sha256, p.ak, p.sk,
+             p.policy_json(), p.created_at))
 
     def principal_by(self, column: str, value: str) -> Principal | None:
-        assert column in ("user", "token_sha256", "ak")
+        assert column in ("user", "principal_id", "token_sha256", "ak")
         row = self.c.execute(f'SELECT * FROM principals WHERE "{column}" = ?', (value,)).fetchone()
         return None if row is None else Principal.from_row(row)
 
     def list_principals(self) -> list[Principal]:
         return [Principal.from_row(r) for r in self.c.execute("SELECT * FROM principals ORDER BY created_at")]
 
-    def delete_principal(self, user: str) -> bool:
-        return self.c.execute('DELETE FROM principals WHERE "user" = ?', (user,)).rowcount > 0
+    def delete_principal(self, principal_id: str) -> list[str]:
+        """Deletes the principal and everything it owns (export tasks, idempotency records, download
+        mark); returns the ids of the deleted export tasks (their files are the caller's to remove)."""
+        export_task_ids = [r[0] for r in self.c.execute(
+            "SELECT export_task_id FROM export_tasks WHERE owner = ?", (principal_id,))]
+        self.c.execute("DELETE FROM export_tasks WHERE owner = ?", (principal_id,))
+        self.c.execute("DELETE FROM export_requests WHERE owner = ?", (principal_id,))
+        self.c.execute("DELETE FROM download_limits WHERE owner = ?", (principal_id,))
+        self.c.execute("DELETE FROM principals WHERE principal_id = ?", (principal_id,))
+        return export_task_ids
 
     def count_principals(self) -> int:
         return self.c.execute("SELECT count(*) FROM principals").fetchone()[0]
@@ -426,3 +434,15 @@ class SqliteTx:
     def record_resume(self, owner: str, offset: int) -> None:
         self.c.execute("UPDATE download_limits SET resume_offset = ?, resumes = resumes + 1 WHERE owner = ?",
                        (offset, owner))
+
+    def restore_download_limit(self, owner: str, expected: DownloadMark, previous: DownloadMark | None) -> bool:
+        """Un-counts a download: puts `previous` back (none: no mark), only if the user's mark is still
+        `expected` (the one that download set). Run under the user's lock."""
+        if self.download_limit(owner) != tuple(expected):
+            return False
+        if previous is None:
+            self.c.execute("DELETE FROM download_limits WHERE owner = ?", (owner,))
+        else:
+            self.c.execute("UPDATE download_limits SET last_at = ?, export_task_id = ?, file_generation = ?,"
+                           " resume_offset = ?, resumes = ? WHERE owner = ?", (*previous, owner))
+        return True

@@ -30,6 +30,7 @@ _CODES: list[tuple[type, grpc.StatusCode]] = [
     (e.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (e.DataLoss, grpc.StatusCode.DATA_LOSS),
 ]
 
 
@@ -69,7 +70,7 @@ def to_status(err: e.DomainError) -> status_pb2.Status:
         details.append(error_details_pb2.PreconditionFailure(violations=[
             error_details_pb2.PreconditionFailure.Violation(type=err.violation_type, subject=err.subject,
                                                             description=err.message)]))
-    elif isinstance(err, e.NotFound):
+    elif isinstance(err, (e.NotFound, e.DataLoss)):
         details.append(error_details_pb2.ResourceInfo(resource_type=err.resource, resource_name=err.resource_id))
     elif isinstance(err, e.PermissionDenied):
         metadata["action"] = err.action

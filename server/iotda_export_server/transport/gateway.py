@@ -21,6 +21,7 @@ gRPC internals: they are answered with the platform's body and a plain message.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -322,7 +323,7 @@ class Gateway:
             msg = await asyncio.to_thread(transcode) if len(body) > INLINE_CODEC_BYTES else transcode()
         except RequestTooLarge:
             raise _too_large(self.max_message_bytes) from None
-        md = [(FRONT_END_USER, principal.user), (FRONT_END_KEY, self.gateway_key), ("x-request-id", request_id)]
+        md = [(FRONT_END_USER, principal.principal_id), (FRONT_END_KEY, self.gateway_key), ("x-request-id", request_id)]
         if instance:
             md.append(("instance-id", instance))
         if route.method.server_streaming:
@@ -367,6 +368,8 @@ class Gateway:
             response.content_type = http_body.content_type or "application/octet-stream"
             if getattr(first, "file_name", ""):
                 response.headers["Content-Disposition"] = f'attachment; filename="{first.file_name}"'
+            if getattr(first, "sha256", ""):  # RFC 9530: the whole file's digest, also for a range of it
+                response.headers["Repr-Digest"] = f"sha-256=:{base64.b64encode(bytes.fromhex(first.sha256)).decode()}:"
             if getattr(first, "total_size", 0) and msg.offset == 0 and msg.limit == 0:
                 response.content_length = first.total_size
         else:

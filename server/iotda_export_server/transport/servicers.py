@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import logging
 import secrets
 import time
@@ -32,7 +33,8 @@ from . import errors, render
 
 log = logging.getLogger("iotda_export.rpc")
 
-# Metadata with which the HTTP gateway vouches for a caller whose AK/SK signature it verified.
+# Metadata with which the HTTP gateway vouches for a caller whose AK/SK signature it verified: the
+# principal's immutable id (not its user name, which a removed and re-added principal shares).
 FRONT_END_USER = "x-iotda-gateway-user"
 FRONT_END_KEY = "x-iotda-gateway-key"
 
@@ -59,6 +61,9 @@ class Handlers:
         self.store = store
         self.authenticator = authenticator
         self.metrics = metrics
+        # Set when the server starts stopping: a stream cut from then on was cut by the shutdown,
+        # which the client sees as UNAVAILABLE.
+        self.shutting_down = False
 
     def _authorize(self, md: dict[str, str], project_id: str, operation: str) -> Caller:
         """Blocking (reads the store): who is calling, and may they do `operation`."""
@@ -126,6 +131,7 @@ class Handlers:
         request_id = self._begin(md)
         started = time.monotonic()
         code = "OK"
+        ended = False  # the stream ran to its end, or ended with a status of ours
         try:
             caller = await _in_thread(lambda: self._authorize(md, request.project_id, operation))
             agen = gen_fn(caller)
@@ -134,18 +140,25 @@ class Handlers:
             yield first
             async for item in agen:
                 yield item
+            ended = True
         except StopAsyncIteration:
+            ended = True
             return
         except grpc.aio.AbortError:
+            ended = True
             raise
-        except asyncio.CancelledError:
-            code = "CANCELLED"
+        except asyncio.CancelledError:  # cut: counted below as what the client saw
             raise
         except Exception as exc:  # noqa: BLE001
+            ended = True
             err = self._refused(exc, request_id)
             code = errors.grpc_code(err).name
             await errors.abort(context, err, request_id)
         finally:
+            if not ended:
+                # Cut at a yield (grpc closes or cancels the stream): by the client, or by the
+                # shutdown. Count what the client saw, not OK.
+                code = "UNAVAILABLE" if self.shutting_down else "CANCELLED"
             self._done(operation, code, started)
 
 
@@ -209,20 +222,27 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
             d = await run(self.exports.admit_download, caller, request.export_task_id, request.offset, request.limit)
             f = d.file
             try:
-                await run(f.seek, d.offset)
+                # The whole file goes through the digest: the bytes before `offset` first (a resumed
+                # download), the rest as it is sent, and whatever lies past a `limit` at the end. The
+                # last message waits for the verdict, so a damaged file never reaches its end.
+                digest = hashlib.sha256()
+                if d.offset:
+                    await run(_hash_range, f, digest, 0, d.offset)  # leaves the position at the offset
                 offset, remaining, first = d.offset, d.length, True
                 while first or remaining > 0:
-                    data = await run(f.read, min(rules.DOWNLOAD_CHUNK_BYTES, remaining))
+                    data = await run(_read_hashed, f, digest, min(rules.DOWNLOAD_CHUNK_BYTES, remaining))
+                    if not data and remaining > 0:
+                        await run(self.exports.reject_download, d, "the file is shorter than recorded")
                     msg = epb.ShowExportTaskResponse(offset=offset)
                     msg.body.data = data
                     if first:
                         msg.body.content_type = "application/zip"
                         msg.file_name, msg.total_size, msg.sha256 = d.file_name, d.task.file_size, d.task.file_sha256
                         first = False
-                    if not data and remaining > 0:
-                        raise OSError("the file is shorter than recorded")
                     offset += len(data)
                     remaining -= len(data)
+                    if remaining == 0:
+                        await run(_verify_to_end, self.exports, d, f, digest, offset)
                     yield msg  # awaiting each write applies HTTP/2 flow control
             finally:
                 f.close()
@@ -248,6 +268,35 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
             finally:
                 self.hub.unsubscribe(topic)
         return self._stream("WatchProgress", request, context, events)
+
+
+_HASH_BLOCK = 1024 * 1024
+
+
+def _read_hashed(f, digest, n: int) -> bytes:
+    """Reads up to n bytes at the file's position and adds them to the digest (in a worker thread)."""
+    data = f.read(n)
+    digest.update(data)
+    return data
+
+
+def _verify_to_end(exports: ExportService, d, f, digest, position: int) -> None:
+    """Adds what lies past `position` to the digest and has the domain check it (in a worker thread)."""
+    _hash_range(f, digest, position, None)
+    exports.verify_download(d, digest.hexdigest())
+
+
+def _hash_range(f, digest, start: int, end: int | None) -> None:
+    """Adds the file's bytes [start, end) (end None: to the end of the file) to the digest, and
+    leaves the position at `end` (in a worker thread)."""
+    f.seek(start)
+    position = start
+    while end is None or position < end:
+        data = f.read(_HASH_BLOCK if end is None else min(_HASH_BLOCK, end - position))
+        if not data:
+            break
+        digest.update(data)
+        position += len(data)
 
 
 def _watch_event(topic, heartbeat: bool) -> bytes:
