@@ -170,6 +170,9 @@ class ExportService:
             filters["resource_type"] = f.resource_type
         if f.resource_condition:
             def check_condition():
+                if len(f.resource_condition) > rules.MAX_RESOURCE_CONDITION_CHARS:
+                    raise invalid("resource_condition",
+                                  f"must be at most {rules.MAX_RESOURCE_CONDITION_CHARS} characters")
                 try:
                     cond = json.loads(f.resource_condition)
                 except (ValueError, RecursionError):  # RecursionError: absurdly deep JSON

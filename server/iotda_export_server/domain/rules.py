@@ -43,9 +43,7 @@ LIST_LIMIT_MIN, LIST_LIMIT_MAX, LIST_LIMIT_DEFAULT = 1, 50, 10
 LIST_OFFSET_MAX = 500
 MARKER_DEFAULT = "f" * 24
 
-# Batch tasks.
-MAX_BATCH_TARGETS = 30_000
-MAX_RECORDED_RESULTS_PER_CALL = 10_000
+# Batch tasks: types and statuses.
 BATCH_TASK_TYPES = (
     "softwareUpgrade", "firmwareUpgrade", "moduleUpgrade", "createDevices", "deleteDevices",
     "freezeDevices", "unfreezeDevices", "createCommands", "createAsyncCommands", "createMessages",
@@ -59,6 +57,34 @@ BATCH_FINISHED_STATUSES = ("Success", "Fail", "PartialSuccess", "Stopped")
 SUBTASK_STATUSES = ("Waitting", "Processing", "Success", "Fail", "FailWaitRetry", "Stopped", "Removed")
 # Sub-task statuses after which nothing more happens to it.
 SUBTASK_FINAL_STATUSES = ("Success", "Fail", "Stopped", "Removed")
+
+# Sub-tasks of a batch task (the platform's 30,000 targets), also those RecordSubtaskResults adds to a
+# task created without a fixed target list (targets_filter, document_source): counted under the task's lock.
+MAX_BATCH_TARGETS = 30_000
+# RecordSubtaskResults: results per call.
+MAX_RECORDED_RESULTS_PER_CALL = 10_000
+# A recorded result's output text, in characters.
+MAX_OUTPUT_CHARS = 32_767
+# A recorded result's error_code, and its error_msg, in characters each.
+MAX_ERROR_FIELD_CHARS = 1_024
+# The JSON fields of a batch task (a Struct over gRPC, an object over HTTP) are measured in characters
+# of their compact JSON text (json.dumps(..., ensure_ascii=False, separators=(",", ":"))).
+# task_ext_info: the platform's 512 characters.
+MAX_TASK_EXT_INFO_CHARS = 512
+# document: ours (the platform caps a shadow document at 10 KB and names no limit for other payloads).
+MAX_DOCUMENT_CHARS = 64 * 1024
+# targets_filter: room for MAX_TARGET_GROUPS group IDs of 128 characters.
+MAX_TARGETS_FILTER_CHARS = 16 * 1024
+# targets_filter.group_ids: at most this many (the platform names no limit; 100 as its other target lists).
+MAX_TARGET_GROUPS = 100
+# Nesting of objects and arrays in one of those fields, the field's own object being depth 1.
+MAX_JSON_DEPTH = 12
+# A Struct's protobuf encoding is at most 5.5 times its compact JSON text (an array of numbers: "0," is
+# 2 characters, 11 bytes encoded). The transport refuses an encoding over this many bytes per allowed
+# character before decoding it (decoding a Struct is pure Python: seconds for a few megabytes).
+STRUCT_BYTES_PER_JSON_CHAR = 6
+# ListExportTasks' resource_condition filter: JSON text like {"task_id":"<24 hex>"}.
+MAX_RESOURCE_CONDITION_CHARS = 256
 
 # Download chunks: gRPC messages stay well under the 4 MiB default.
 DOWNLOAD_CHUNK_BYTES = 64 * 1024

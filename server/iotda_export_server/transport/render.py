@@ -8,8 +8,8 @@ from iotda.export.v1 import batch_task_pb2 as bpb
 from iotda.export.v1 import common_pb2 as cpb
 from iotda.export.v1 import export_task_pb2 as epb
 
-from ..domain import ids
-from ..domain.batches import CreateBatchRequest, SubtaskResult
+from ..domain import ids, rules
+from ..domain.batches import JSON_FIELDS, CreateBatchRequest, SubtaskResult
 from ..domain.errors import invalid
 from ..domain.exports import CreateExportRequest, ListExportFilter
 from ..domain.model import BatchTask, ExportTask, Page, Subtask
@@ -59,10 +59,15 @@ def _struct(d: dict | None) -> struct_pb2.Struct | None:
 
 
 def _dict(msg, name: str) -> dict | None:
+    """A Struct field as a dict, for the domain's checks. An encoding too large for any value the
+    domain accepts is refused first: its size is known at once (C), decoding it is pure Python."""
     if not msg.HasField(name):
         return None
+    value = getattr(msg, name)
+    if value.ByteSize() > rules.STRUCT_BYTES_PER_JSON_CHAR * JSON_FIELDS[name]:
+        raise invalid(name, f"must be at most {JSON_FIELDS[name]} characters of JSON")
     try:
-        return json_format.MessageToDict(getattr(msg, name))
+        return json_format.MessageToDict(value)
     except (ValueError, TypeError) as exc:  # a Struct holding NaN/Infinity cannot be rendered back
         raise invalid(name, f"is not valid JSON: {exc}") from None
 

@@ -1,0 +1,334 @@
+"""Every input that can grow is bounded.
+
+- JSON fields of a batch task (document, targets_filter, task_ext_info): size and nesting, refused
+  with the field named, a multi-megabyte Struct refused before it is decoded;
+- RecordSubtaskResults cannot grow a batch task past 30,000 sub-tasks, also under concurrent calls,
+  on SQLite and across PostgreSQL replicas;
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import json
+import time
+
+import grpc
+import pytest
+from conftest import (ServerThread, User, invalid_argument, make_user, refused, rpc_failure, store_snapshot,
+                      wait_for)
+from google.protobuf import json_format, struct_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iotda.export.v1 import batch_task_pb2 as bpb
+from iotda.export.v1 import export_task_pb2 as epb
+from iotda_export_server.domain import errors, rules
+from iotda_export_server.domain.batches import seed_batch_task
+from iotda_export_server.domain.errors import InvalidArgument
+from iotda_export_server.transport import render
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def batch_request(user, *, task_type: str = "createCommands", **structs) -> bpb.CreateBatchTaskRequest:
+    req = bpb.CreateBatchTaskRequest(project_id=user.project_id, task_name="bounds", task_type=task_type)
+    if "targets" in structs:
+        req.targets.extend(structs.pop("targets"))
+    elif "targets_filter" not in structs:
+        req.targets.append("dev_1")
+    for name, value in structs.items():
+        getattr(req, name).update(value)
+    return req
+
+
+def create(user, **kw) -> bpb.BatchTask:
+    return user.batches.CreateBatchTask(batch_request(user, **kw), metadata=user.metadata).batchtask
+
+
+def compact(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def nested(depth: int) -> dict:
+    """An object `depth` levels deep (alternating objects and arrays), the outer object level 1."""
+    value: object = "leaf"
+    for level in range(depth - 1, 0, -1):
+        value = {"k": value} if level % 2 else [value]
+    return {"k": value}
+
+
+def numbers_document(chars: int) -> dict:
+    """The document of exactly `chars` characters (as the server measures: Struct numbers are doubles,
+    0 renders as 0.0) with the densest encoding a real document has: an array of numbers."""
+    n = (chars - len('{"a":[]}') + 1) // 4 - 2  # "0.0," each; room for a padding key of 2-5 characters
+    pad = chars - len(compact({"a": [0.0] * n}))
+    doc = {"a": [0] * n, "b" * (pad - len(',"":""')): ""}
+    assert len(compact(json_format.MessageToDict(_struct(doc)))) == chars, "the helper is off"
+    return doc
+
+
+def _struct(value: dict) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(value)
+    return s
+
+
+# -- 1. bounded JSON fields --------------------------------------------------------------------------
+
+def test_json_fields_are_refused_past_their_size_and_accepted_at_it(server, channel):
+    user = make_user(server, channel)
+    at = numbers_document(rules.MAX_DOCUMENT_CHARS)
+    t = create(user, document=at)
+    assert len(compact(json_format.MessageToDict(t.document))) == rules.MAX_DOCUMENT_CHARS
+    over = numbers_document(rules.MAX_DOCUMENT_CHARS + 1)
+    f = invalid_argument(lambda: create(user, document=over), "document")
+    assert f"at most {rules.MAX_DOCUMENT_CHARS} characters" in f.message
+
+    ext = {"note": "名" * (rules.MAX_TASK_EXT_INFO_CHARS - len('{"note":""}'))}
+    assert create(user, task_type="firmwareUpgrade", task_ext_info=ext).task_ext_info["note"] == ext["note"]
+    ext["note"] += "名"
+    invalid_argument(lambda: create(user, task_type="firmwareUpgrade", task_ext_info=ext), "task_ext_info")
+
+    groups = [f"group_{i:03d}" + "g" * 119 for i in range(rules.MAX_TARGET_GROUPS)]
+    assert len(compact({"group_ids": groups})) <= rules.MAX_TARGETS_FILTER_CHARS  # any valid filter fits
+    t = create(user, targets_filter={"group_ids": groups})
+    assert list(t.targets_filter["group_ids"]) == groups
+    f = invalid_argument(lambda: create(user, targets_filter={"group_ids": [*groups, "one_more"]}), "targets_filter")
+    assert f"at most {rules.MAX_TARGET_GROUPS} group_ids" in f.message
+
+
+def test_nesting_is_refused_past_the_limit_over_grpc_and_http(server, channel):
+    from test_http_gateway import Api
+    user = make_user(server, channel)
+    assert create(user, document=nested(rules.MAX_JSON_DEPTH)).document == _struct(nested(rules.MAX_JSON_DEPTH))
+    for name, extra in (("document", {}), ("task_ext_info", {"task_type": "firmwareUpgrade"})):
+        f = invalid_argument(lambda: create(user, **{name: nested(rules.MAX_JSON_DEPTH + 1)}, **extra), name)
+        assert f"at most {rules.MAX_JSON_DEPTH} levels" in f.message
+    api = Api(server, user.creds)
+    body = {"task_name": "bounds", "task_type": "createCommands", "targets": ["d1"],
+            "document": nested(rules.MAX_JSON_DEPTH + 1)}
+    doc = api.call("POST", api.path("/batchtasks"), body).error(400, "IOTDA.000006")
+    assert "document" in doc["error_msg"] and f"{rules.MAX_JSON_DEPTH} levels" in doc["error_msg"]
+    body["document"] = nested(rules.MAX_JSON_DEPTH)
+    assert api.call("POST", api.path("/batchtasks"), body).status == 201
+
+
+def test_a_huge_struct_is_refused_before_it_is_decoded(server, channel):
+    """The check that names the field runs on the encoded size (C) before the pure-Python decoding,
+    which takes seconds for a few megabytes: the refusal costs a small fraction of a decoding."""
+    req = bpb.CreateBatchTaskRequest(project_id="p", task_name="n", task_type="createCommands", targets=["d"])
+    req.document.update({"a": [0] * 1_000_000})  # 11 MB encoded
+    assert req.ByteSize() > 10_000_000
+    started = time.perf_counter()
+    with pytest.raises(InvalidArgument) as e:
+        render.create_batch_request(req)
+    refusal = time.perf_counter() - started
+    assert [v.field for v in e.value.violations] == ["document"]
+    started = time.perf_counter()
+    json_format.MessageToDict(req.document)
+    decoding = time.perf_counter() - started
+    print(f"\n11 MB document: refused in {refusal * 1000:.1f} ms; decoding it would take {decoding * 1000:.0f} ms")
+    assert refusal * 20 < decoding, (refusal, decoding)
+    # The same over gRPC, and nothing is stored.
+    user = make_user(server, channel)
+    before = store_snapshot(server, user.project_id)
+    req.project_id = user.project_id
+    invalid_argument(lambda: user.batches.CreateBatchTask(req, metadata=user.metadata), "document")
+    for name in ("task_ext_info", "targets_filter"):
+        big = bpb.CreateBatchTaskRequest(project_id=user.project_id, task_name="n", task_type="firmwareUpgrade")
+        getattr(big, name).update({"group_ids": ["g" * 100] * 20_000})
+        invalid_argument(lambda: user.batches.CreateBatchTask(big, metadata=user.metadata), name)
+    assert store_snapshot(server, user.project_id) == before
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=6),
+    max_leaves=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=8))
+def test_the_encoded_size_check_never_refuses_what_the_rule_accepts(value):
+    """STRUCT_BYTES_PER_JSON_CHAR bounds the encoding of every value by its JSON text: the early
+    check on the encoded size cannot refuse a value within the characters limit."""
+    s = _struct(value)
+    text = compact(json_format.MessageToDict(s))
+    assert s.ByteSize() <= rules.STRUCT_BYTES_PER_JSON_CHAR * max(len(text), 1)
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+scalars = st.none() | st.booleans() | st.integers(0, 9) | st.text(max_size=3)
+flat = st.lists(scalars, max_size=2) | st.dictionaries(st.text(max_size=2), scalars, max_size=2)
+
+
+@st.composite
+def deep_objects(draw) -> dict:
+    """An object with a chain of `depth` nested objects and arrays (the deepest part), small values
+    beside it on the way, and a padding string: around both limits, depth and size."""
+    depth = draw(st.integers(1, rules.MAX_JSON_DEPTH + 4))
+    value = draw(scalars)
+    for level in range(depth, 0, -1):
+        siblings = draw(st.lists(flat if level < depth else scalars, max_size=2))
+        if level == 1 or draw(st.booleans()):
+            value = {"k": value, **{f"s{i}": v for i, v in enumerate(siblings)}}
+        else:
+            value = [value, *siblings]
+    value["pad"] = "x" * draw(st.integers(0, 520))
+    return value
+
+
+@pytest.fixture(scope="module")
+def ext_user(server, channel):
+    return make_user(server, channel)
+
+
+def test_task_ext_info_is_accepted_exactly_when_within_depth_and_size(ext_user):
+    outcomes = {True: 0, False: 0}
+
+    @settings(max_examples=80, deadline=None)
+    @given(deep_objects())
+    def check(value):
+        outcomes[_ext_info_case(ext_user, value)] += 1
+    check()
+    assert all(outcomes.values()), outcomes  # both sides of the limits were tried
+
+
+def _ext_info_case(user, value: dict) -> bool:
+    text = compact(json_format.MessageToDict(_struct(value)))
+    fits = _depth(value) <= rules.MAX_JSON_DEPTH and len(text) <= rules.MAX_TASK_EXT_INFO_CHARS
+    try:
+        t = create(user, task_type="firmwareUpgrade", task_ext_info=value)
+        assert fits, (len(text), _depth(value))
+        assert json_format.MessageToDict(t.task_ext_info) == json_format.MessageToDict(_struct(value))
+    except grpc.RpcError as err:
+        f = rpc_failure(err)
+        assert not fits and f.code == grpc.StatusCode.INVALID_ARGUMENT and f.fields == ["task_ext_info"], f
+    return fits
+
+
+def test_other_growing_fields_are_bounded(server, channel):
+    user = make_user(server, channel)
+    cond = json.dumps({"task_id": "0" * 24}) + " " * rules.MAX_RESOURCE_CONDITION_CHARS
+    f = invalid_argument(lambda: user.exports.ListExportTasks(epb.ListExportTasksRequest(
+        project_id=user.project_id, resource_condition=cond), metadata=user.metadata), "resource_condition")
+    assert f"at most {rules.MAX_RESOURCE_CONDITION_CHARS} characters" in f.message
+    ok = json.dumps({"task_id": "0" * 24})
+    ok += " " * (rules.MAX_RESOURCE_CONDITION_CHARS - len(ok))
+    assert user.exports.ListExportTasks(epb.ListExportTasksRequest(
+        project_id=user.project_id, resource_condition=ok), metadata=user.metadata).page.count == 0
+    tomorrow = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
+    for when in ("20300101T000000Z" + "0" * 1_000_000,
+                 tomorrow.strftime("%Y%m%dT10105Z")):  # 10:10:05 unpadded, which strptime would take
+        req = batch_request(user)
+        req.task_policy.schedule_time = when
+        f = invalid_argument(lambda: user.batches.CreateBatchTask(req, metadata=user.metadata),
+                             "task_policy.schedule_time")
+        assert len(f.message) < 200  # the value is not echoed
+    req.task_policy.schedule_time = tomorrow.strftime("%Y%m%dT101005Z")
+    assert user.batches.CreateBatchTask(req, metadata=user.metadata).batchtask.task_policy.schedule_time
+
+
+# -- 2. RecordSubtaskResults keeps a batch task at 30,000 sub-tasks -------------------------------
+
+def _results(user, task_id: str, targets: list[str]) -> bpb.RecordSubtaskResultsRequest:
+    return bpb.RecordSubtaskResultsRequest(project_id=user.project_id, task_id=task_id, results=[
+        bpb.SubtaskResult(target=t, status="Success", output="ok") for t in targets])
+
+
+def _too_many(failure) -> None:
+    assert failure.code == grpc.StatusCode.FAILED_PRECONDITION, failure
+    assert failure.error_code == errors.Codes.BATCH_TASK_TOO_MANY_TARGETS, failure
+    assert failure.precondition.violations[0].type == "TOO_MANY_TARGETS"
+
+
+def test_results_cannot_grow_a_task_past_30000_subtasks(server, channel):
+    user = make_user(server, channel)
+    task = create(user, targets_filter={"group_ids": ["g1"]})
+    per_call = rules.MAX_RECORDED_RESULTS_PER_CALL
+    for call in range(rules.MAX_BATCH_TARGETS // per_call):
+        targets = [f"dev_{call}_{i}" for i in range(per_call)]
+        t = user.batches.RecordSubtaskResults(_results(user, task.task_id, targets), metadata=user.metadata)
+    assert t.batchtask.task_progress.total == rules.MAX_BATCH_TARGETS
+    before = store_snapshot(server, user.project_id)
+    f = refused(lambda: user.batches.RecordSubtaskResults(_results(user, task.task_id, ["dev_0_0", "one_more"]),
+                                                          metadata=user.metadata))
+    _too_many(f)
+    assert "at most 30000" in f.message and "add 1 targets" in f.message
+    assert store_snapshot(server, user.project_id) == before  # not even dev_0_0 was updated
+    # Results for targets it already has are still recorded.
+    req = _results(user, task.task_id, ["dev_0_0"])
+    req.results[0].status = "Fail"
+    assert user.batches.RecordSubtaskResults(req, metadata=user.metadata).batchtask.task_progress.fail == 1
+    # Demo data seeded beyond the cap takes updates, never a new target.
+    seeded = seed_batch_task(server.store, user.project_id, "", rules.MAX_BATCH_TARGETS + 5, seed=3)
+    known = server.store.reader().subtask_rows(seeded, "", 1)[0][1]
+    user.batches.RecordSubtaskResults(_results(user, seeded, [known]), metadata=user.metadata)
+    _too_many(refused(lambda: user.batches.RecordSubtaskResults(_results(user, seeded, ["brand_new"]),
+                                                                metadata=user.metadata)))
+
+
+def _concurrent_adds(servers: list[ServerThread], calls: int = 5) -> tuple[list, int]:
+    """`calls` concurrent RecordSubtaskResults, each adding 10,000 new targets to one task (round robin
+    over `servers`); returns the outcomes and the task's sub-task count after them."""
+    with grpc.insecure_channel(servers[0].address) as first:
+        user = make_user(servers[0], first)
+        task_id = create(user, targets_filter={"group_ids": ["g1"]}).task_id
+    channels = [grpc.insecure_channel(s.address) for s in servers]
+    try:
+        stubs = [User(user.creds, ch).batches for ch in channels]
+
+        def add(i: int):
+            targets = [f"dev_{i}_{j}" for j in range(rules.MAX_RECORDED_RESULTS_PER_CALL)]
+            try:
+                stubs[i % len(stubs)].RecordSubtaskResults(_results(user, task_id, targets), metadata=user.metadata,
+                                                           timeout=120)
+                return "OK"
+            except grpc.RpcError as err:
+                return rpc_failure(err)
+
+        with concurrent.futures.ThreadPoolExecutor(calls) as pool:
+            outcomes = list(pool.map(add, range(calls)))
+        shown = stubs[0].ShowBatchTask(bpb.ShowBatchTaskRequest(project_id=user.project_id, task_id=task_id),
+                                       metadata=user.metadata)
+        return outcomes, shown.batchtask.task_progress.total
+    finally:
+        for ch in channels:
+            ch.close()
+
+
+def test_concurrent_results_never_pass_30000_on_sqlite(server):
+    outcomes, total = _concurrent_adds([server])
+    assert outcomes.count("OK") == 3 and total == rules.MAX_BATCH_TARGETS, (outcomes, total)
+    for f in outcomes:
+        if f != "OK":
+            _too_many(f)
+
+
+def test_concurrent_results_never_pass_30000_across_postgres_replicas(tmp_path):
+    import pg_support as ps
+    db = ps.TestDatabase().create()
+    try:
+        ps.run_cli("migrate", "--database", db.url)
+        replicas = [ServerThread(tmp_path / name, workers=0, database=db.url) for name in ("a", "b")]
+        try:
+            outcomes, total = _concurrent_adds(replicas)
+        finally:
+            for r in replicas:
+                r.stop()
+        assert outcomes.count("OK") == 3 and total == rules.MAX_BATCH_TARGETS, (outcomes, total)
+        assert db.scalar("SELECT count(*) FROM subtasks") == rules.MAX_BATCH_TARGETS
+        for f in outcomes:
+            if f != "OK":
+                _too_many(f)
+    finally:
+        db.drop()
