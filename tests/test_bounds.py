@@ -1,14 +1,18 @@
-"""Every input that can grow is bounded.
+"""Every input that can grow is bounded; list responses always fit in one message.
 
 - JSON fields of a batch task (document, targets_filter, task_ext_info): size and nesting, refused
   with the field named, a multi-megabyte Struct refused before it is decoded;
 - RecordSubtaskResults cannot grow a batch task past 30,000 sub-tasks, also under concurrent calls,
   on SQLite and across PostgreSQL replicas;
+- ListBatchTasks, ShowBatchTask and ListExportTasks stop a page before rules.LIST_PAGE_BUDGET_BYTES
+  and chain through every record exactly once by the marker (gRPC, raw HTTP, the official SDK); the
+  largest record the limits allow fits in one message.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -23,10 +27,12 @@ from hypothesis import strategies as st
 
 from iotda.export.v1 import batch_task_pb2 as bpb
 from iotda.export.v1 import export_task_pb2 as epb
-from iotda_export_server.domain import errors, rules
-from iotda_export_server.domain.batches import seed_batch_task
+from iotda_export_server.domain import errors, pages, rules
+from iotda_export_server.domain.batches import JSON_FIELDS, seed_batch_task
 from iotda_export_server.domain.errors import InvalidArgument
+from iotda_export_server.domain.model import BatchTask, Subtask, TaskProgress
 from iotda_export_server.transport import render
+from iotda_export_server.transport.grpc_server import MAX_MESSAGE_BYTES
 
 # -- helpers ---------------------------------------------------------------------------------------
 
@@ -332,3 +338,245 @@ def test_concurrent_results_never_pass_30000_across_postgres_replicas(tmp_path):
                 _too_many(f)
     finally:
         db.drop()
+
+
+# -- 3. pages by size ------------------------------------------------------------------------------
+
+@given(st.lists(st.integers(1, 3000), max_size=60), st.integers(0, 5000), st.integers(1, 10_000))
+def test_fit_keeps_the_longest_prefix_within_the_budget_and_at_least_one(sizes, used, budget):
+    items = list(range(len(sizes)))
+    kept = pages.fit(items, lambda i: sizes[i], used=used, budget=budget)
+    assert kept == items[:len(kept)]
+    if items:
+        assert len(kept) >= 1
+        assert len(kept) == 1 or used + sum(sizes[:len(kept)]) <= budget
+        assert len(kept) == len(items) or used + sum(sizes[:len(kept) + 1]) > budget
+
+
+def _largest_batch_task() -> tuple[bpb.BatchTask, int]:
+    """The largest batch task the limits allow, rendered, and its size: 30,000 targets of 128
+    characters, the longest name, and each JSON field at the most its early check lets through."""
+    task = dataclasses.replace(_largest_listed(), targets=[f"{i:0128d}" for i in range(rules.MAX_BATCH_TARGETS)])
+    message = render.batch_task(task)
+    size = render.field_size(message)
+    for limit in JSON_FIELDS.values():  # each Struct field: tag, a 3-byte length, the encoding's maximum
+        size += 1 + 3 + rules.STRUCT_BYTES_PER_JSON_CHAR * limit
+    return message, size
+
+
+def _largest_listed():
+    """ListBatchTasks renders tasks without targets: the rest at its maximum."""
+    return BatchTask(
+        task_id="f" * 24, project_id="p" * 64, instance_id="i" * 36, app_id="a" * 36, task_name="名" * 128,
+        task_type="firmwareUpgrade", task_mode="GATEWAY", need_confirm=True, task_ext_info=None, targets=[],
+        targets_filter=None, document=None,
+        task_policy={"schedule_time": "20300101T000000Z", "retry_count": 5, "retry_interval": 1440},
+        document_source="f" * 128, status="PartialSuccess", status_desc="all sub-tasks failed" * 4,
+        create_time=0, progress=TaskProgress(*(2**31 - 1,) * 8))
+
+
+def _largest_export():
+    from iotda_export_server.domain.model import ExportTask
+    return ExportTask(
+        export_task_id="f" * 24, owner="o", project_id="p", instance_id="i", resource_type="BatchTask",
+        batch_task_id="f" * 24, export_format="xls", app_type="APP", app_id="a" * 36, conditions_key="",
+        status="Failed", status_desc="x" * 1000, progress=100, export_count=2**31 - 1, create_time=2**41,
+        end_time=2**41, version=1, run_state="done", run_token=None, attempts=3, worker_id=None, lease_until=None,
+        queued_at=None, file_generation=1, file_size=2**40, file_sha256="f" * 64)
+
+
+def _largest_detail() -> int:
+    big = "😀"  # 4 bytes in UTF-8
+    detail = render.subtask(Subtask(id="f" * 24, target="x" * 128, status="FailWaitRetry",
+                                    output=big * rules.MAX_OUTPUT_CHARS, error_code=big * rules.MAX_ERROR_FIELD_CHARS,
+                                    error_msg=big * rules.MAX_ERROR_FIELD_CHARS))
+    return render.field_size(detail)
+
+
+CLIENT_DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024  # grpcio, grpc-js and grpcurl unless told otherwise
+
+
+def test_the_largest_responses_fit_in_one_message():
+    task, task_size = _largest_batch_task()
+    listed = render.batch_task(_largest_listed(), with_targets=False)
+    listed_size = render.field_size(listed) + sum(1 + 3 + rules.STRUCT_BYTES_PER_JSON_CHAR * limit
+                                                  for limit in JSON_FIELDS.values())
+    export_size = render.field_size(render.export_task(_largest_export()))
+    detail = _largest_detail()
+    envelope = 64  # page: count and a 24-character marker
+    # A page: records up to the budget, or one record alone past it.
+    show = max(rules.LIST_PAGE_BUDGET_BYTES + detail, task_size + detail) + envelope
+    list_batches = max(rules.LIST_PAGE_BUDGET_BYTES, listed_size) + envelope
+    list_exports = max(rules.LIST_PAGE_BUDGET_BYTES, export_size) + envelope
+    print(f"\nlargest batch task {task_size / 1e6:.2f} MB ({listed_size / 1e3:.0f} KB without its targets),"
+          f" sub-task detail {detail / 1e3:.0f} KB, export task {export_size} B; largest ShowBatchTask"
+          f" {show / 1e6:.2f} MB, ListBatchTasks {list_batches / 1e6:.2f} MB, ListExportTasks"
+          f" {list_exports / 1e6:.2f} MB; message limit {MAX_MESSAGE_BYTES / 1e6:.2f} MB")
+    assert len(task.targets) == rules.MAX_BATCH_TARGETS and task_size > 4_000_000
+    assert show <= MAX_MESSAGE_BYTES
+    # Lists fit what any gRPC client accepts without configuration; ShowBatchTask too, unless the
+    # task's own target list is near its maximum (30,000 of 128 characters: ~4 MB alone).
+    assert list_batches <= CLIENT_DEFAULT_MAX_RECEIVE and list_exports <= CLIENT_DEFAULT_MAX_RECEIVE
+    assert rules.LIST_PAGE_BUDGET_BYTES + detail + envelope <= CLIENT_DEFAULT_MAX_RECEIVE
+
+
+def _encoded_items(response, field: str) -> int:
+    return sum(render.field_size(m) for m in getattr(response, field))
+
+
+@pytest.fixture(scope="module")
+def big_project(server):
+    """A project with 60 batch tasks each holding a document at the size limit (~180 KB encoded):
+    50 of them would be about 9 MB, more than twice the page budget."""
+    with grpc.insecure_channel(server.address) as channel:
+        user = make_user(server, channel)
+        document = numbers_document(rules.MAX_DOCUMENT_CHARS)
+        ids = {create(user, document=document).task_id for _ in range(60)}
+    return user.creds, ids
+
+
+def _chain(list_page, what: str) -> list[str]:
+    """Follows the marker until an empty page; every page within the budget (one record past it at most)."""
+    seen, marker, pages_seen = [], "", 0
+    while True:
+        ids, page_marker, count, items_bytes, n = list_page(marker)
+        if not ids:
+            return seen
+        pages_seen += 1
+        assert n == 1 or items_bytes <= rules.LIST_PAGE_BUDGET_BYTES, (what, items_bytes)
+        assert page_marker == ids[-1], what
+        seen += ids
+        marker = page_marker
+        assert pages_seen < 100, "the marker does not move on"
+
+
+def test_list_batch_tasks_pages_by_size_over_grpc(big_project, server, channel):
+    creds, ids = big_project
+    user = User(creds, channel)
+    sizes = []
+
+    def page(marker):
+        r = user.batches.ListBatchTasks(bpb.ListBatchTasksRequest(
+            project_id=user.project_id, task_type="createCommands", limit=50, marker=marker), metadata=user.metadata)
+        assert r.page.count == len(ids)
+        sizes.append(len(r.batchtasks))
+        return [t.task_id for t in r.batchtasks], r.page.marker, r.page.count, _encoded_items(r, "batchtasks"), \
+            len(r.batchtasks)
+
+    seen = _chain(page, "ListBatchTasks")
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+    print(f"\nListBatchTasks limit=50 over 60 tasks of ~180 KB: pages of {sizes[:-1]}")
+    assert max(sizes) < 50 and len(sizes) >= 3
+
+
+def test_list_batch_tasks_pages_by_size_over_http_and_the_sdk(big_project, server):
+    from huaweicloudsdkiotda.v5 import ListBatchTasksRequest
+    from test_http_gateway import Api
+    from test_sdk import SDK, Sdk
+    creds, ids = big_project
+    api = Api(server, creds)
+
+    def raw_page(marker):
+        query = "task_type=createCommands&limit=50" + (f"&marker={marker}" if marker else "")
+        doc = api.call("GET", api.path("/batchtasks"), query=query, auth="token").json()
+        assert doc["page"]["count"] == len(ids)
+        tasks = doc["batchtasks"]
+        return [t["task_id"] for t in tasks], doc["page"].get("marker", ""), doc["page"]["count"], _json_size(tasks), \
+            len(tasks)
+
+    seen = _chain(raw_page, "HTTP ListBatchTasks")
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+
+    sdk = Sdk(server, creds, SDK)
+
+    def sdk_page(marker):
+        r = sdk.list_batch_tasks(ListBatchTasksRequest(task_type="createCommands", limit=50, marker=marker or None))
+        assert r.page.count == len(ids)
+        tasks = r.batchtasks or []
+        size = _json_size(json.loads(sdk.last.content)["batchtasks"] if tasks else [])  # the body the SDK parsed
+        return [t.task_id for t in tasks], r.page.marker or "", r.page.count, size, len(tasks)
+
+    seen = _chain(sdk_page, "SDK ListBatchTasks")
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+
+
+def _json_size(tasks: list[dict]) -> int:
+    """The encoded size of batch tasks received as JSON (their gRPC encoding)."""
+    return sum(render.field_size(json_format.ParseDict(t, bpb.BatchTask(), ignore_unknown_fields=True))
+               for t in tasks)
+
+
+def test_show_batch_task_pages_its_details_by_size(server, channel):
+    user = make_user(server, channel)
+    # The task counts too: with a document at its limit (~180 KB) a page holds one detail fewer.
+    task = create(user, targets_filter={"group_ids": ["g1"]}, document=numbers_document(rules.MAX_DOCUMENT_CHARS))
+    output = "😀" * rules.MAX_OUTPUT_CHARS  # 131 KB a detail: 50 would be 6.5 MB
+    targets = [f"dev_{i:03d}" for i in range(200)]
+    for i in range(0, len(targets), 50):
+        user.batches.RecordSubtaskResults(bpb.RecordSubtaskResultsRequest(
+            project_id=user.project_id, task_id=task.task_id, results=[
+                bpb.SubtaskResult(target=t, status="Success", output=output) for t in targets[i:i + 50]]),
+            metadata=user.metadata)
+    sizes = []
+
+    def page(marker):
+        r = user.batches.ShowBatchTask(bpb.ShowBatchTaskRequest(
+            project_id=user.project_id, task_id=task.task_id, limit=50, marker=marker), metadata=user.metadata)
+        assert r.page.count == len(targets) and r.batchtask.task_id == task.task_id
+        sizes.append(len(r.task_details))
+        used = render.field_size(r.batchtask) + _encoded_items(r, "task_details")
+        return [d.target for d in r.task_details], r.page.marker, r.page.count, used, len(r.task_details)
+
+    # The marker is the last sub-task's record id; map it back through the ids the store gave them.
+    ids = {row[1]: row[0] for row in server.store.reader().subtask_rows(task.task_id, "", 1000)}
+    seen, marker = [], ""
+    while True:
+        got, page_marker, count, used, n = page(marker)
+        if not got:
+            break
+        assert n == 1 or used <= rules.LIST_PAGE_BUDGET_BYTES, used
+        assert page_marker == ids[got[-1]]
+        seen += got
+        marker = page_marker
+    assert sorted(seen) == targets and len(seen) == len(set(seen))
+    print(f"\nShowBatchTask limit=50 over 200 details of 131 KB: pages of {sizes[:-1]}")
+    assert max(sizes) < 50
+
+
+def test_a_record_larger_than_the_budget_still_gets_a_page_of_its_own(server, channel):
+    """Data from before the limits (a document larger than the budget): it is alone on its page, the
+    chain goes on."""
+    user = make_user(server, channel)
+    normal = [create(user).task_id for _ in range(3)]
+    big = seed_batch_task(server.store, user.project_id, "", 1, seed=11)
+    with server.store.transaction() as tx:
+        tx.c.execute("UPDATE batch_tasks SET task_type = 'createCommands', document = ? WHERE task_id = ?",
+                     (json.dumps({"a": "x" * (rules.LIST_PAGE_BUDGET_BYTES + 100_000)}), big))
+    pages_seen, marker = [], ""
+    while True:
+        r = user.batches.ListBatchTasks(bpb.ListBatchTasksRequest(
+            project_id=user.project_id, task_type="createCommands", limit=50, marker=marker), metadata=user.metadata)
+        if not r.batchtasks:
+            break
+        pages_seen.append([t.task_id for t in r.batchtasks])
+        marker = r.page.marker
+    assert sorted(sum(pages_seen, [])) == sorted([*normal, big])
+    assert [big] in pages_seen
+
+
+def test_list_export_tasks_chains_through_every_task(server, channel, seed):
+    user = make_user(server, channel)
+    task_ids = [seed(user, 3) for _ in range(4)]
+    made = {user.exports.CreateExportTask(epb.CreateExportTaskRequest(
+        project_id=user.project_id, resource_type="BatchTask", resource_condition=epb.ResourceCondition(task_id=t)),
+        metadata=user.metadata).export_task.export_task_id for t in task_ids}
+    seen, marker = [], ""
+    while True:
+        r = user.exports.ListExportTasks(epb.ListExportTasksRequest(project_id=user.project_id, limit=3,
+                                                                    marker=marker), metadata=user.metadata)
+        if not r.export_tasks:
+            break
+        assert r.page.count == 4 and r.page.marker == r.export_tasks[-1].export_task_id
+        seen += [t.export_task_id for t in r.export_tasks]
+        marker = r.page.marker
+    assert sorted(seen) == sorted(made)

@@ -6,7 +6,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from . import ids, rules, validation
+from . import ids, pages, rules, validation
 from .errors import BatchTaskNotFound, Codes, FailedPrecondition, invalid
 from .model import BatchTask, Caller, Page, Subtask
 
@@ -143,7 +143,10 @@ class BatchService:
         return task
 
     def show(self, caller: Caller, task_id: str, detail_status: str, target: str, limit: int | None,
-             offset: int | None, marker: str) -> tuple[BatchTask, list[Subtask], Page]:
+             offset: int | None, marker: str, task_size=None, detail_size=None
+             ) -> tuple[BatchTask, list[Subtask], Page]:
+        """The task and a page of its sub-tasks. With `task_size` and `detail_size` (encoded bytes of
+        each), the page stops before the task and its details pass rules.LIST_PAGE_BUDGET_BYTES."""
         limit, offset, marker = validation.paging(limit, offset, marker)
         validation.collect(
             lambda: not detail_status or detail_status in rules.SUBTASK_STATUSES
@@ -154,10 +157,13 @@ class BatchService:
         reader = self.store.reader()
         task = self._get(reader, caller, task_id)
         details, count = reader.list_subtasks(task_id, detail_status, target, marker, offset, limit)
+        details = pages.fit(details, detail_size, used=task_size(task) if task_size else 0)
         return task, details, Page(count=count, marker=details[-1].id if details else "")
 
     def list(self, caller: Caller, app_id: str, task_type: str, status: str, limit: int | None,
-             offset: int | None, marker: str) -> tuple[list[BatchTask], Page]:
+             offset: int | None, marker: str, item_size=None) -> tuple[list[BatchTask], Page]:
+        """A page of the project's batch tasks; with `item_size` (encoded bytes of a task) it stops
+        before rules.LIST_PAGE_BUDGET_BYTES."""
         limit, offset, marker = validation.paging(limit, offset, marker)
         validation.collect(
             lambda: validation.require(task_type, "task_type") in rules.BATCH_TASK_TYPES
@@ -168,6 +174,7 @@ class BatchService:
         )
         tasks, count = self.store.reader().list_batch_tasks(caller.project_id, caller.instance_id, task_type,
                                                             app_id, status, marker, offset, limit)
+        tasks = pages.fit(tasks, item_size)
         return tasks, Page(count=count, marker=tasks[-1].task_id if tasks else "")
 
     def delete(self, caller: Caller, task_id: str) -> None:

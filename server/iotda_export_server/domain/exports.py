@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from . import ids, rules, validation
+from . import ids, pages, rules, validation
 from .errors import (Codes, ExportTaskNotFound, FailedPrecondition, BatchTaskNotFound, OutOfRange,
                      QuotaExceeded, RateLimited, invalid)
 from .model import Caller, ExportTask, Page
@@ -160,7 +160,9 @@ class ExportService:
         return task
 
     def list(self, caller: Caller, f: ListExportFilter, limit: int | None, offset: int | None,
-             marker: str) -> tuple[list[ExportTask], Page]:
+             marker: str, item_size=None) -> tuple[list[ExportTask], Page]:
+        """A page of the caller's export tasks; with `item_size` (encoded bytes of a task) it stops
+        before rules.LIST_PAGE_BUDGET_BYTES."""
         limit, offset, marker = validation.paging(limit, offset, marker)
         filters = {}
         checks = []
@@ -193,6 +195,7 @@ class ExportService:
         # A principal belongs to one project, so the owner's tasks are all in caller.project_id.
         tasks, count = self.store.reader().list_export_tasks(caller.owner, caller.instance_id, filters, marker,
                                                              offset, limit)
+        tasks = pages.fit(tasks, item_size)
         return tasks, Page(count=count, marker=tasks[-1].export_task_id if tasks else "")
 
     # -- cancel / delete -------------------------------------------------------------------------

@@ -42,6 +42,12 @@ MAX_EXPORT_ATTEMPTS = 3
 LIST_LIMIT_MIN, LIST_LIMIT_MAX, LIST_LIMIT_DEFAULT = 1, 50, 10
 LIST_OFFSET_MAX = 500
 MARKER_DEFAULT = "f" * 24
+# A page also stops before its encoded records pass this many bytes, always holding at least one; its
+# marker is its last record, so the next call goes on from there. ShowBatchTask counts the task itself,
+# then its sub-task details. Under the 4 MiB that gRPC clients receive by default (grpcio, grpc-js,
+# grpcurl), with room for the one record a page always holds (a batch task without its targets is at
+# most ~0.5 MB) and the envelope.
+LIST_PAGE_BUDGET_BYTES = 3 * 1024 * 1024
 
 # Batch tasks: types and statuses.
 BATCH_TASK_TYPES = (

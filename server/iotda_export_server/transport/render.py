@@ -72,6 +72,30 @@ def _dict(msg, name: str) -> dict | None:
         raise invalid(name, f"is not valid JSON: {exc}") from None
 
 
+class Rendered:
+    """Renders records once for a page that is cut by size: `size(record)` (for the domain's
+    pages.fit) keeps the message it rendered, `get(record)` hands it out for the response."""
+
+    def __init__(self, render):
+        self._render = render
+        self._messages: dict[int, object] = {}
+
+    def size(self, record) -> int:
+        message = self._messages[id(record)] = self._render(record)
+        return field_size(message)
+
+    def get(self, record):
+        message = self._messages.pop(id(record), None)
+        return self._render(record) if message is None else message
+
+
+def field_size(message) -> int:
+    """Bytes `message` takes as one element of a repeated (or singular) message field: its encoding,
+    the field's tag (field numbers below 16: one byte) and the length prefix."""
+    n = message.ByteSize()
+    return 1 + max(1, (n.bit_length() + 6) // 7) + n
+
+
 def batch_task(t: BatchTask, with_targets: bool = True) -> bpb.BatchTask:
     p = t.progress
     m = bpb.BatchTask(

@@ -179,10 +179,12 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
 
     async def ListExportTasks(self, request, context):
         def work(caller):
+            rendered = render.Rendered(render.export_task)
             tasks, page = self.exports.list(caller, render.list_export_filter(request),
                                             render.optional_int(request, "limit"),
-                                            render.optional_int(request, "offset"), request.marker)
-            return epb.ListExportTasksResponse(export_tasks=[render.export_task(t) for t in tasks],
+                                            render.optional_int(request, "offset"), request.marker,
+                                            item_size=rendered.size)
+            return epb.ListExportTasksResponse(export_tasks=[rendered.get(t) for t in tasks],
                                                page=render.page(page))
         return await self._call("ListExportTasks", request, context, work, point_reads=True)
 
@@ -273,21 +275,24 @@ class BatchTaskServicer(Handlers, bpb_grpc.BatchTaskServiceServicer):
 
     async def ShowBatchTask(self, request, context):
         def work(caller):
+            rendered_task, rendered = render.Rendered(render.batch_task), render.Rendered(render.subtask)
             task, details, page = self.batches.show(
                 caller, request.task_id, request.task_detail_status, request.target,
-                render.optional_int(request, "limit"), render.optional_int(request, "offset"), request.marker)
-            return bpb.ShowBatchTaskResponse(batchtask=render.batch_task(task),
-                                             task_details=[render.subtask(s) for s in details],
+                render.optional_int(request, "limit"), render.optional_int(request, "offset"), request.marker,
+                task_size=rendered_task.size, detail_size=rendered.size)
+            return bpb.ShowBatchTaskResponse(batchtask=rendered_task.get(task),
+                                             task_details=[rendered.get(s) for s in details],
                                              page=render.page(page))
         return await self._call("ShowBatchTask", request, context, work)
 
     async def ListBatchTasks(self, request, context):
         def work(caller):
+            rendered = render.Rendered(lambda t: render.batch_task(t, with_targets=False))
             tasks, page = self.batches.list(
                 caller, request.app_id, request.task_type, request.status,
-                render.optional_int(request, "limit"), render.optional_int(request, "offset"), request.marker)
-            return bpb.ListBatchTasksResponse(batchtasks=[render.batch_task(t, with_targets=False) for t in tasks],
-                                              page=render.page(page))
+                render.optional_int(request, "limit"), render.optional_int(request, "offset"), request.marker,
+                item_size=rendered.size)
+            return bpb.ListBatchTasksResponse(batchtasks=[rendered.get(t) for t in tasks], page=render.page(page))
         return await self._call("ListBatchTasks", request, context, work)
 
     async def DeleteBatchTask(self, request, context):
