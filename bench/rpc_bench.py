@@ -71,8 +71,10 @@ class Api:
     def __init__(self, data_dir: str) -> None:
         self.data_dir = data_dir
         self.log = os.path.join(data_dir, "server.log")
+        # One user holds every stream of the fan-out figure: lift the per-user cap (100) above them.
         self.proc = _popen("-m", "iotda_export_client.cli", "serve", "--data-dir", data_dir,
-                           "--grpc-addr", "127.0.0.1:0", "--workers", "0", log=self.log)
+                           "--grpc-addr", "127.0.0.1:0", "--workers", "0", "--max-watch-streams-per-user", "100000",
+                           log=self.log)
         deadline = time.monotonic() + 60
         while True:
             text = Path(self.log).read_text(errors="replace")

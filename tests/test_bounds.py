@@ -1,4 +1,5 @@
-"""Every input that can grow is bounded; list responses always fit in one message.
+"""Every input that can grow is bounded; list responses always fit in one message; per-user caps on
+the streams a user holds open.
 
 - JSON fields of a batch task (document, targets_filter, task_ext_info): size and nesting, refused
   with the field named, a multi-megabyte Struct refused before it is decoded;
@@ -6,11 +7,14 @@
   on SQLite and across PostgreSQL replicas;
 - ListBatchTasks, ShowBatchTask and ListExportTasks stop a page before rules.LIST_PAGE_BUDGET_BYTES
   and chain through every record exactly once by the marker (gRPC, raw HTTP, the official SDK); the
-  largest record the limits allow fits in one message.
+  largest record the limits allow fits in one message;
+- WatchProgress streams and downloads per user: the one over the cap is refused before its first
+  message with RESOURCE_EXHAUSTED + QuotaFailure, a closed or cancelled stream gives its slot back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import datetime as dt
@@ -27,9 +31,11 @@ from hypothesis import strategies as st
 
 from iotda.export.v1 import batch_task_pb2 as bpb
 from iotda.export.v1 import export_task_pb2 as epb
+from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
 from iotda_export_server.domain import errors, pages, rules
 from iotda_export_server.domain.batches import JSON_FIELDS, seed_batch_task
-from iotda_export_server.domain.errors import InvalidArgument
+from iotda_export_server.domain.errors import InvalidArgument, QuotaExceeded
+from iotda_export_server.domain.limits import ConcurrencyLimiter
 from iotda_export_server.domain.model import BatchTask, Subtask, TaskProgress
 from iotda_export_server.transport import render
 from iotda_export_server.transport.grpc_server import MAX_MESSAGE_BYTES
@@ -580,3 +586,145 @@ def test_list_export_tasks_chains_through_every_task(server, channel, seed):
         seen += [t.export_task_id for t in r.export_tasks]
         marker = r.page.marker
     assert sorted(seen) == sorted(made)
+
+
+# -- 4. per-user caps on streams -------------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.booleans()), max_size=60), st.integers(1, 5))
+def test_the_limiter_never_admits_more_than_its_limit(ops, limit):
+    limiter = ConcurrencyLimiter(limit, quota_id="q", what="things", error_code="IOTDA.000000")
+    held: dict[str, list] = {"a": [], "b": []}
+    for owner, take in ops:
+        if take:
+            try:
+                held[owner].append(limiter.acquire(owner))
+                assert len(held[owner]) <= limit
+            except QuotaExceeded as e:
+                assert len(held[owner]) == limit and e.limit == limit and e.subject == f"user:{owner}"
+        elif held[owner]:
+            slot = held[owner].pop(0)
+            slot.release()
+            slot.release()  # a second release gives back nothing more
+        assert limiter.held(owner) == len(held[owner])
+
+
+def _cap_refusal(f, error_code: str, limit: int) -> None:
+    assert f.code == grpc.StatusCode.RESOURCE_EXHAUSTED, f
+    assert f.error_code == error_code and f.error_info.reason == "QUOTA_EXCEEDED", f
+    assert f.quota_failure is not None and f.quota_failure.violations[0].subject.startswith("user:"), f
+    assert f.error_info.metadata["limit"] == str(limit)
+
+
+def test_watch_streams_are_capped_per_user(idle_server, idle_channel):
+    limit = rules.MAX_WATCH_STREAMS_PER_USER
+    user, other = make_user(idle_server, idle_channel), make_user(idle_server, idle_channel)
+
+    def export_of(u):
+        return u.exports.CreateExportTask(epb.CreateExportTaskRequest(
+            project_id=u.project_id, resource_type="BatchTask", resource_condition=epb.ResourceCondition(
+                task_id=seed_batch_task(idle_server.store, u.project_id, "", 5))), metadata=u.metadata).export_task
+    export, others = export_of(user), export_of(other)  # no worker: they stay Processing
+
+    async def scenario():
+        async with grpc.aio.insecure_channel(idle_server.address) as ch:
+            stub = epb_grpc.ExportTaskServiceStub(ch)
+
+            def watch(u, e, **kw):
+                return stub.WatchProgress(epb.WatchProgressRequest(project_id=u.project_id,
+                                                                   export_task_id=e.export_task_id),
+                                          metadata=u.metadata, **kw)
+
+            async def refusal(call) -> grpc.aio.AioRpcError:
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await call.read()
+                return e.value
+
+            # Refused calls hold nothing: a missing task, then the limit of streams.
+            for _ in range(3):
+                missing = epb.ExportTask(export_task_id="0" * 24)
+                assert (await refusal(watch(user, missing))).code() == grpc.StatusCode.NOT_FOUND
+            streams = [watch(user, export) for _ in range(limit)]
+            firsts = await asyncio.gather(*(s.read() for s in streams))
+            assert all(f.export_task.status == "Processing" for f in firsts)
+            err = await refusal(watch(user, export))
+            f = rpc_failure(err)
+            _cap_refusal(f, errors.Codes.WATCH_STREAMS_LIMIT, limit)
+            assert "100 WatchProgress streams" in f.message
+            other_stream = watch(other, others)  # another user is not affected
+            assert (await other_stream.read()).export_task.status == "Processing"
+            # A cancelled stream gives its slot back (once the server has seen the cancel).
+            streams.pop().cancel()
+            deadline = time.monotonic() + 20
+            while True:
+                call = watch(user, export)
+                try:
+                    await call.read()
+                    streams.append(call)
+                    break
+                except grpc.aio.AioRpcError as e:
+                    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert time.monotonic() < deadline, "the cancelled stream's slot did not come back"
+                    await asyncio.sleep(0.05)
+            assert rpc_failure(await refusal(watch(user, export))).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # Streams that end (the task finished) give theirs back: all 100 end on the cancel.
+            user.exports.CancelExportTask(epb.CancelExportTaskRequest(
+                project_id=user.project_id, export_task_id=export.export_task_id), metadata=user.metadata)
+            for s in streams:
+                last = None
+                while (event := await s.read()) != grpc.aio.EOF:
+                    last = event
+                assert last.export_task.status == "Failed"
+            fresh = export_of(user)
+            again = [watch(user, fresh) for _ in range(limit)]
+            assert len(await asyncio.gather(*(s.read() for s in again))) == limit
+            for s in again:
+                s.cancel()
+            other_stream.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_downloads_are_capped_per_user(server, channel):
+    limit = rules.MAX_DOWNLOADS_PER_USER
+    assert limit == 2  # the scenario below: one download and one free resume hold both slots
+    user = make_user(server, channel)
+    task_id = seed_batch_task(server.store, user.project_id, "", 30_000, seed=12)
+    export = user.exports.CreateExportTask(epb.CreateExportTaskRequest(
+        project_id=user.project_id, resource_type="BatchTask", resource_condition=epb.ResourceCondition(
+            task_id=task_id)), metadata=user.metadata).export_task
+    wait_for(lambda: user.exports.GetExportTask(epb.GetExportTaskRequest(
+        project_id=user.project_id, export_task_id=export.export_task_id),
+        metadata=user.metadata).export_task.status == "Success", timeout=120, what="the export")
+    # A client that reads one message and stops: HTTP/2 flow control (a fixed 64 KiB window without
+    # BDP probing) keeps the server's stream open, holding its slot.
+    slow = grpc.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)])
+    stub = epb_grpc.ExportTaskServiceStub(slow)
+
+    def download(offset: int):
+        return stub.ShowExportTask(epb.ShowExportTaskRequest(
+            project_id=user.project_id, export_task_id=export.export_task_id, offset=offset), metadata=user.metadata)
+    try:
+        first = download(0)
+        head = next(first)
+        assert head.total_size > 500_000, head.total_size  # far more than the window
+        resume = download(1000)  # a free resume of the same file: the second slot
+        assert next(resume).offset == 1000
+        before = store_snapshot(server, user.project_id)
+        f = refused(lambda: next(download(2000)))
+        _cap_refusal(f, errors.Codes.DOWNLOADS_LIMIT, limit)
+        assert store_snapshot(server, user.project_id) == before  # the refusal counted no resume
+        first.cancel()
+
+        def admitted():
+            call = download(3000)
+            try:
+                return next(call).offset == 3000 and call
+            except grpc.RpcError as err:
+                assert rpc_failure(err).error_code == errors.Codes.DOWNLOADS_LIMIT, err
+                return False
+        third = wait_for(admitted, timeout=20, what="the cancelled download's slot")
+        third.cancel()
+        resume.cancel()
+    finally:
+        slow.close()

@@ -47,6 +47,9 @@ class ServerConfig:
     # A WatchProgress stream hears at least this often (keeps idle proxies from closing it).
     watch_heartbeat_seconds: float = rules.WATCH_HEARTBEAT_SECONDS
     grace_seconds: float = 5.0
+    # Per user, in this process: WatchProgress streams and downloads open at once.
+    max_watch_streams_per_user: int = rules.MAX_WATCH_STREAMS_PER_USER
+    max_downloads_per_user: int = rules.MAX_DOWNLOADS_PER_USER
 
 
 def prepare_data_dir(data_dir: str | os.PathLike) -> pathlib.Path:
@@ -193,7 +196,9 @@ class ExportServer:
         front_end_key = secrets.token_hex(32)
         authenticator = auth.Authenticator(store, front_end_key)
         self.server, self.port, self.health = create_server(
-            self.config.grpc_addr, ExportTaskServicer(store, authenticator, metrics, exports, hub),
+            self.config.grpc_addr, ExportTaskServicer(store, authenticator, metrics, exports, hub,
+                                                      self.config.max_watch_streams_per_user,
+                                                      self.config.max_downloads_per_user),
             BatchTaskServicer(store, authenticator, metrics, BatchService(store)))
         await self.server.start()
         for name in ("", *SERVICE_NAMES):

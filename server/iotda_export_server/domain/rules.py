@@ -96,3 +96,9 @@ MAX_RESOURCE_CONDITION_CHARS = 256
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
 # WatchProgress repeats the latest state after this long without a change (the proto's promise).
 WATCH_HEARTBEAT_SECONDS = 15.0
+# Per user and per server process (each replica counts its own): WatchProgress streams open at once;
+# one more is refused before its first message. Default of `serve --max-watch-streams-per-user`.
+MAX_WATCH_STREAMS_PER_USER = 100
+# Per user and per server process: downloads (ShowExportTask streams, resumes included) at once; one
+# more is refused before it is admitted. Default of `serve --max-downloads-per-user`.
+MAX_DOWNLOADS_PER_USER = 2

@@ -21,6 +21,8 @@ from iotda.export.v1 import export_task_pb2 as epb
 from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
 
 from ..domain import auth, rules, validation
+from ..domain.errors import Codes
+from ..domain.limits import ConcurrencyLimiter
 from ..domain.batches import BatchService
 from ..domain.errors import DomainError, ExportTaskNotFound, QuotaExceeded, RateLimited
 from ..domain.exports import ExportService
@@ -119,15 +121,19 @@ class Handlers:
         finally:
             self._done(operation, code, started)
 
-    async def _stream(self, operation: str, request, context, gen_fn):
+    async def _stream(self, operation: str, request, context, gen_fn, limiter: ConcurrencyLimiter):
         """Server streaming: every check happens before the first message (after it, an HTTP
-        gateway can no longer change the status)."""
+        gateway can no longer change the status). The caller holds one of `limiter`'s slots from
+        then until the stream ends, however it ends (this generator's finally: an error, the client
+        cancelling, shutdown, or the generator being closed)."""
         md = _metadata(context)
         request_id = self._begin(md)
         started = time.monotonic()
         code = "OK"
+        slot = None
         try:
             caller = await _in_thread(lambda: self._authorize(md, request.project_id, operation))
+            slot = limiter.acquire(caller.owner)
             agen = gen_fn(caller)
             first = await agen.__anext__()
             await context.send_initial_metadata([("x-request-id", request_id)])
@@ -146,6 +152,8 @@ class Handlers:
             code = errors.grpc_code(err).name
             await errors.abort(context, err, request_id)
         finally:
+            if slot is not None:
+                slot.release()
             self._done(operation, code, started)
 
 
@@ -166,10 +174,18 @@ async def _in_thread(fn):
 
 
 class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
-    def __init__(self, store, authenticator, metrics: Metrics, exports: ExportService, hub: ProgressHub):
+    def __init__(self, store, authenticator, metrics: Metrics, exports: ExportService, hub: ProgressHub,
+                 max_watch_streams_per_user: int = rules.MAX_WATCH_STREAMS_PER_USER,
+                 max_downloads_per_user: int = rules.MAX_DOWNLOADS_PER_USER):
         super().__init__(store, authenticator, metrics)
         self.exports = exports
         self.hub = hub
+        self.watch_slots = ConcurrencyLimiter(
+            max_watch_streams_per_user, quota_id="watch-streams-per-user", what="WatchProgress streams",
+            error_code=Codes.WATCH_STREAMS_LIMIT)
+        self.download_slots = ConcurrencyLimiter(
+            max_downloads_per_user, quota_id="downloads-per-user", what="downloads (ShowExportTask streams)",
+            error_code=Codes.DOWNLOADS_LIMIT)
 
     async def CreateExportTask(self, request, context):
         def work(caller):
@@ -228,7 +244,7 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
                     yield msg  # awaiting each write applies HTTP/2 flow control
             finally:
                 f.close()
-        return self._stream("ShowExportTask", request, context, chunks)
+        return self._stream("ShowExportTask", request, context, chunks, self.download_slots)
 
     def WatchProgress(self, request, context):
         async def events(caller):
@@ -249,7 +265,7 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
                     yield _watch_event(topic, heartbeat)  # awaiting the send applies flow control
             finally:
                 self.hub.unsubscribe(topic)
-        return self._stream("WatchProgress", request, context, events)
+        return self._stream("WatchProgress", request, context, events, self.watch_slots)
 
 
 def _watch_event(topic, heartbeat: bool) -> bytes:
