@@ -171,6 +171,55 @@ def s_damaged(server, quiet, user):
     return sdk, refusal(sdk, sdk.show_export_task, ShowExportTaskRequest(export_task_id=export_task_id))
 
 
+def s_too_many_targets(server, quiet, user):
+    # A batch task without a fixed target list takes new targets from recorded results, up to 30,000.
+    sdk = Sdk(server, user.creds, SDK)
+    created = sdk.create_batch_task(CreateBatchTaskRequest(body=CreateBatchTask(
+        task_name="by_group", task_type="createCommands", targets_filter={"group_ids": ["g1"]})))
+
+    def record(first: int, count: int):
+        body = {"results": [{"target": f"d{i}", "status": "Success"} for i in range(first, first + count)]}
+        return sdk.client.do_http_request("POST", "/v5/iot/{project_id}/batchtasks/{task_id}/results",
+                                          path_params={"task_id": created.task_id}, body=body,
+                                          header_params={"Content-Type": "application/json"},
+                                          response_type="CreateBatchTaskResponse")
+    for first in range(0, 30_000, 10_000):
+        record(first, 10_000)
+    return sdk, refusal(sdk, record, 30_000, 1)
+
+
+def _held_slots(server, user, limiter_name: str):
+    """Every slot of one of the user's per-process caps, held as streams in flight would hold them."""
+    limiter = getattr(server.server.servicers[0], limiter_name)
+    owner = server.store.reader().principal_by("user", user.creds["user"]).principal_id
+    return [limiter.acquire(owner) for _ in range(limiter.limit)]
+
+
+def s_watch_streams(server, quiet, user):
+    sdk = Sdk(server, user.creds, SDK)
+    export_task_id = _export(sdk, seed_batch_task(server.store, user.project_id, "", 2, seed=5)).export_task_id
+    held = _held_slots(server, user, "watch_slots")
+    try:
+        return sdk, refusal(sdk, sdk.client.do_http_request, "GET",
+                            "/v5/iot/{project_id}/export-tasks/{export_task_id}/progress",
+                            path_params={"export_task_id": export_task_id},
+                            header_params={"Content-Type": "application/json"}, response_type="ShowExportTaskResponse")
+    finally:
+        for slot in held:
+            slot.release()
+
+
+def s_downloads(server, quiet, user):
+    sdk = Sdk(server, user.creds, SDK)
+    export_task_id = _finished_export(sdk, server, user)
+    held = _held_slots(server, user, "download_slots")
+    try:
+        return sdk, refusal(sdk, sdk.show_export_task, ShowExportTaskRequest(export_task_id=export_task_id))
+    finally:
+        for slot in held:
+            slot.release()
+
+
 def s_unavailable(server, quiet, user, tmp_path):
     # The gateway up, the gRPC service behind it gone (as in the middle of a shutdown): 503.
     s = ServerThread(tmp_path / "halting", workers=0, http_addr="127.0.0.1:0")
@@ -189,6 +238,8 @@ SCENARIOS = {
     (400, "IOTDA.018004"): s_not_ready, (400, "IOTDA.019002"): s_batch_unfinished,
     (400, "IOTDA.019003"): s_unknown_target, (403, "IOTDA.018002"): s_unfinished_quota,
     (403, "IOTDA.018003"): s_download_rate, (500, "IOTDA.018005"): s_damaged,
+    (400, "IOTDA.019004"): s_too_many_targets, (403, "IOTDA.018006"): s_watch_streams,
+    (403, "IOTDA.018007"): s_downloads,
     (503, "IOTDA.000503"): s_unavailable,
 }
 # Rows whose (status, code) pair is shared with another row: each gets its own scenario too.

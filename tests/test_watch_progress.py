@@ -13,6 +13,7 @@ import grpc
 
 from iotda.export.v1 import export_task_pb2 as epb
 from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
+from iotda_export_server.domain import rules
 from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.store.changes import SOCKET_NAME, ChangeAnnouncer, ChangeListener
 from iotda_export_server.testing import ServerThread
@@ -89,21 +90,27 @@ def test_a_quiet_stream_gets_heartbeats_repeating_the_latest_state(tmp_path):
 
 def test_thousands_of_streams_opened_at_once_are_all_served(server):
     # grpc core cancels calls the server has not picked up yet past 1,000 (at random) and 3,000
-    # (all): every watcher reconnecting after a restart looks like that.
-    streams = 3500
+    # (all): every watcher reconnecting after a restart looks like that. 35 users, each at the
+    # per-user cap of streams (100): the cap refuses none of them.
+    per_user = rules.MAX_WATCH_STREAMS_PER_USER
+    users, streams = 35, 35 * per_user
     with grpc.insecure_channel(server.address) as channel:
-        user = make_user(server, channel)
-        export = _create(user, seed_batch_task(server.store, user.project_id, "", 10, seed=7))
-        wait_for(lambda: user.exports.GetExportTask(epb.GetExportTaskRequest(
-            project_id=user.project_id, export_task_id=export.export_task_id),
-            metadata=user.metadata).export_task.status == "Success", timeout=30, what="the export")
+        watched = []
+        for i in range(users):
+            user = make_user(server, channel)
+            watched.append((user, _create(user, seed_batch_task(server.store, user.project_id, "", 10, seed=7))))
+        for user, export in watched:
+            wait_for(lambda: user.exports.GetExportTask(epb.GetExportTaskRequest(
+                project_id=user.project_id, export_task_id=export.export_task_id),
+                metadata=user.metadata).export_task.status == "Success", timeout=60, what="the exports")
 
     async def watch_all() -> list[str]:
         channels = [grpc.aio.insecure_channel(server.address) for _ in range(4)]
         stubs = [epb_grpc.ExportTaskServiceStub(ch) for ch in channels]
-        request = epb.WatchProgressRequest(project_id=user.project_id, export_task_id=export.export_task_id)
 
         async def one(i: int) -> str:
+            user, export = watched[i % users]
+            request = epb.WatchProgressRequest(project_id=user.project_id, export_task_id=export.export_task_id)
             try:
                 async for event in stubs[i % 4].WatchProgress(request, metadata=user.metadata, timeout=60):
                     return event.export_task.status

@@ -29,7 +29,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(data_dir=args.data_dir, grpc_addr=args.grpc_addr, http_addr=args.http_addr or None,
                           workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
                           database=args.database, files_dir=args.files_dir,
-                          lease_seconds=args.lease_seconds)
+                          lease_seconds=args.lease_seconds, max_watch_streams_per_user=args.max_watch_streams_per_user,
+                          max_downloads_per_user=args.max_downloads_per_user)
 
     async def main() -> int:
         server = ExportServer(config)
@@ -547,7 +548,19 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the platform's JSON (snake_case)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from iotda_export_server.domain import rules  # the defaults of the server's caps
+
     parser = argparse.ArgumentParser(prog="iotda-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
@@ -571,6 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="result files (default <data-dir>/files); with several replicas, a directory they share")
     serve.add_argument("--lease-seconds", type=float, default=float(os.environ.get("IOTDA_EXPORT_LEASE_SECONDS", "30")),
                        help="a running export whose worker stops renewing its lease this long is taken over")
+    serve.add_argument("--max-watch-streams-per-user", type=_positive_int, metavar="N",
+                       default=rules.MAX_WATCH_STREAMS_PER_USER,
+                       help="WatchProgress streams one user may hold open at once on this process (each replica"
+                            " counts its own); one more is refused with RESOURCE_EXHAUSTED IOTDA.018006")
+    serve.add_argument("--max-downloads-per-user", type=_positive_int, metavar="N",
+                       default=rules.MAX_DOWNLOADS_PER_USER,
+                       help="downloads (ShowExportTask streams) one user may have running at once on this"
+                            " process; one more is refused with RESOURCE_EXHAUSTED IOTDA.018007")
     _log_flags(serve)
     serve.set_defaults(func=_serve)
 

@@ -365,12 +365,15 @@ class ExportClient:
         return self._unary(self.exports.ListExportTasks, request)
 
     def iter_exports(self, page_size: int = 50, **filters) -> Iterator[epb.ExportTask]:
-        """Every export task of the caller, newest first, following the page markers."""
-        marker = ""
+        """Every export task of the caller, newest first, following the page markers. A page may
+        hold fewer than page_size records before the end (pages also stop by size): the end is an
+        empty page, or every counted record seen."""
+        marker, seen = "", 0
         while True:
             page = self.list_exports(limit=page_size, marker=marker, **filters)
             yield from page.export_tasks
-            if len(page.export_tasks) < page_size or not page.page.marker:
+            seen += len(page.export_tasks)
+            if not page.export_tasks or not page.page.marker or seen >= page.page.count:
                 return
             marker = page.page.marker
 

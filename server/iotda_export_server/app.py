@@ -50,6 +50,9 @@ class ServerConfig:
     grace_seconds: float = 5.0
     # The HTTP port's limits (body size, timeouts, connections); None: the defaults of HttpLimits.
     http_limits: HttpLimits | None = None
+    # Per user, in this process: WatchProgress streams and downloads open at once.
+    max_watch_streams_per_user: int = rules.MAX_WATCH_STREAMS_PER_USER
+    max_downloads_per_user: int = rules.MAX_DOWNLOADS_PER_USER
 
 
 def prepare_data_dir(data_dir: str | os.PathLike) -> pathlib.Path:
@@ -196,7 +199,9 @@ class ExportServer:
         # The gateway vouches for callers it authenticated by AK/SK with a key only this process knows.
         front_end_key = secrets.token_hex(32)
         authenticator = auth.Authenticator(store, front_end_key)
-        self.servicers = (ExportTaskServicer(store, authenticator, metrics, exports, hub),
+        self.servicers = (ExportTaskServicer(store, authenticator, metrics, exports, hub,
+                                             self.config.max_watch_streams_per_user,
+                                             self.config.max_downloads_per_user),
                           BatchTaskServicer(store, authenticator, metrics, BatchService(store)))
         self.server, self.port, self.health = create_server(self.config.grpc_addr, *self.servicers)
         await self.server.start()

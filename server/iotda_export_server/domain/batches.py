@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import random
+import re
 from dataclasses import dataclass
 
-from . import ids, rules, validation
+from . import ids, pages, rules, validation
 from .errors import BatchTaskNotFound, Codes, FailedPrecondition, invalid
 from .model import BatchTask, Caller, Page, Subtask
 
-MAX_TASK_EXT_INFO_CHARS = 512
-MAX_OUTPUT_CHARS = 32767
-MAX_ERROR_FIELD_CHARS = 1024
+# Each JSON field of a batch task and its size limit (characters of compact JSON text).
+JSON_FIELDS = {"task_ext_info": rules.MAX_TASK_EXT_INFO_CHARS, "targets_filter": rules.MAX_TARGETS_FILTER_CHARS,
+               "document": rules.MAX_DOCUMENT_CHARS}
+SCHEDULE_TIME = re.compile(r"^[0-9]{8}T[0-9]{6}Z\Z")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ def _check_policy(policy: dict | None) -> None:
     when = policy.get("schedule_time", "")
     if when:
         import datetime as dt
+        if not SCHEDULE_TIME.match(when):
+            raise invalid("task_policy.schedule_time", "must be yyyyMMdd'T'HHmmss'Z'")
         try:
             t = dt.datetime.strptime(when, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
         except ValueError:
@@ -82,6 +85,8 @@ def _check_filter(targets_filter: dict | None) -> None:
     if set(targets_filter) - {"group_ids"} or not isinstance(groups, list) or not groups \
             or not all(isinstance(g, str) and validation.DEVICE_ID.match(g) for g in groups):
         raise invalid("targets_filter", 'only {"group_ids": [<group id>, ...]} is supported')
+    if len(groups) > rules.MAX_TARGET_GROUPS:
+        raise invalid("targets_filter", f"at most {rules.MAX_TARGET_GROUPS} group_ids, got {len(groups)}")
 
 
 class BatchService:
@@ -103,9 +108,8 @@ class BatchService:
             lambda: not r.need_confirm or upgrade
             or _raise(invalid("need_confirm", "is only for firmware, software and module upgrades")),
             # Characters of the JSON text, not of its \uXXXX escapes (ensure_ascii would count a CJK character 6 times).
-            lambda: r.task_ext_info is None
-            or len(json.dumps(r.task_ext_info, ensure_ascii=False)) <= MAX_TASK_EXT_INFO_CHARS
-            or _raise(invalid("task_ext_info", f"must be at most {MAX_TASK_EXT_INFO_CHARS} characters")),
+            *(lambda name=name, limit=limit: getattr(r, name) is None
+              or validation.json_object(getattr(r, name), name, limit) for name, limit in JSON_FIELDS.items()),
             lambda: _check_targets(r.targets),
             lambda: _check_filter(r.targets_filter),
             lambda: not r.document_source
@@ -139,7 +143,10 @@ class BatchService:
         return task
 
     def show(self, caller: Caller, task_id: str, detail_status: str, target: str, limit: int | None,
-             offset: int | None, marker: str) -> tuple[BatchTask, list[Subtask], Page]:
+             offset: int | None, marker: str, task_size=None, detail_size=None
+             ) -> tuple[BatchTask, list[Subtask], Page]:
+        """The task and a page of its sub-tasks. With `task_size` and `detail_size` (encoded bytes of
+        each), the page stops before the task and its details pass rules.LIST_PAGE_BUDGET_BYTES."""
         limit, offset, marker = validation.paging(limit, offset, marker)
         validation.collect(
             lambda: not detail_status or detail_status in rules.SUBTASK_STATUSES
@@ -150,10 +157,13 @@ class BatchService:
         reader = self.store.reader()
         task = self._get(reader, caller, task_id)
         details, count = reader.list_subtasks(task_id, detail_status, target, marker, offset, limit)
+        details = pages.fit(details, detail_size, used=task_size(task) if task_size else 0)
         return task, details, Page(count=count, marker=details[-1].id if details else "")
 
     def list(self, caller: Caller, app_id: str, task_type: str, status: str, limit: int | None,
-             offset: int | None, marker: str) -> tuple[list[BatchTask], Page]:
+             offset: int | None, marker: str, item_size=None) -> tuple[list[BatchTask], Page]:
+        """A page of the project's batch tasks; with `item_size` (encoded bytes of a task) it stops
+        before rules.LIST_PAGE_BUDGET_BYTES."""
         limit, offset, marker = validation.paging(limit, offset, marker)
         validation.collect(
             lambda: validation.require(task_type, "task_type") in rules.BATCH_TASK_TYPES
@@ -164,6 +174,7 @@ class BatchService:
         )
         tasks, count = self.store.reader().list_batch_tasks(caller.project_id, caller.instance_id, task_type,
                                                             app_id, status, marker, offset, limit)
+        tasks = pages.fit(tasks, item_size)
         return tasks, Page(count=count, marker=tasks[-1].task_id if tasks else "")
 
     def delete(self, caller: Caller, task_id: str) -> None:
@@ -193,21 +204,32 @@ class BatchService:
                                                       " Stopped, Removed")
             if "\x00" in r.output or "\x00" in r.error_code or "\x00" in r.error_msg:
                 raise invalid(f"results[{i}]", "output and error must not contain NUL characters")
-            if len(r.output) > MAX_OUTPUT_CHARS:
-                raise invalid(f"results[{i}].output", f"must be at most {MAX_OUTPUT_CHARS} characters")
-            if len(r.error_code) > MAX_ERROR_FIELD_CHARS or len(r.error_msg) > MAX_ERROR_FIELD_CHARS:
-                raise invalid(f"results[{i}].error", f"error_code and error_msg: at most {MAX_ERROR_FIELD_CHARS}"
-                                                     " characters each")
-        with self.store.transaction() as tx:
+            if len(r.output) > rules.MAX_OUTPUT_CHARS:
+                raise invalid(f"results[{i}].output", f"must be at most {rules.MAX_OUTPUT_CHARS} characters")
+            if len(r.error_code) > rules.MAX_ERROR_FIELD_CHARS or len(r.error_msg) > rules.MAX_ERROR_FIELD_CHARS:
+                raise invalid(f"results[{i}].error", f"error_code and error_msg: at most"
+                                                     f" {rules.MAX_ERROR_FIELD_CHARS} characters each")
+        # Locked for the task: on PostgreSQL two calls adding targets at once must count one after the
+        # other (SQLite's write lock serialises them anyway).
+        with self.store.transaction(lock_key=f"batch-task:{task_id}") as tx:
             task = self._get(tx, caller, task_id)
+            known = tx.subtask_statuses(task_id, [r.target for r in results])
             if task.targets:
-                known = tx.subtask_statuses(task_id, [r.target for r in results])
                 for i, r in enumerate(results):
                     if r.target not in known:
                         raise FailedPrecondition(
                             f"results[{i}].target {r.target!r} is not a target of batch task {task_id}.",
                             subject=f"batch-task:{task_id}", violation_type="UNKNOWN_TARGET",
                             error_code=Codes.BATCH_TASK_UNKNOWN_TARGET)
+            # A task without a fixed target list (targets_filter, document_source) gains a sub-task per
+            # new target, up to the platform's 30,000 (demo data seeded beyond it only takes updates).
+            added = len(results) - len(known)
+            if added and task.progress.total + added > rules.MAX_BATCH_TARGETS:
+                raise FailedPrecondition(
+                    f"The results would add {added} targets to batch task {task_id}, which has"
+                    f" {task.progress.total} sub-tasks; a batch task holds at most {rules.MAX_BATCH_TARGETS}.",
+                    subject=f"batch-task:{task_id}", violation_type="TOO_MANY_TARGETS",
+                    error_code=Codes.BATCH_TASK_TOO_MANY_TARGETS)
             tx.upsert_subtask_results(task_id, [(ids.new_id(), r.target, r.status, r.output, r.error_code,
                                                  r.error_msg) for r in results])
             progress = tx.subtask_progress(task_id)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from . import ids, rules, validation
+from . import ids, pages, rules, validation
 from .errors import (Codes, DataLoss, ExportTaskNotFound, FailedPrecondition, BatchTaskNotFound, OutOfRange,
                      QuotaExceeded, RateLimited, Unauthenticated, invalid)
 from .model import Caller, ExportTask, Page
@@ -186,7 +186,9 @@ class ExportService:
         return task
 
     def list(self, caller: Caller, f: ListExportFilter, limit: int | None, offset: int | None,
-             marker: str) -> tuple[list[ExportTask], Page]:
+             marker: str, item_size=None) -> tuple[list[ExportTask], Page]:
+        """A page of the caller's export tasks; with `item_size` (encoded bytes of a task) it stops
+        before rules.LIST_PAGE_BUDGET_BYTES."""
         limit, offset, marker = validation.paging(limit, offset, marker)
         filters = {}
         checks = []
@@ -196,6 +198,9 @@ class ExportService:
             filters["resource_type"] = f.resource_type
         if f.resource_condition:
             def check_condition():
+                if len(f.resource_condition) > rules.MAX_RESOURCE_CONDITION_CHARS:
+                    raise invalid("resource_condition",
+                                  f"must be at most {rules.MAX_RESOURCE_CONDITION_CHARS} characters")
                 try:
                     cond = json.loads(f.resource_condition)
                 except (ValueError, RecursionError):  # RecursionError: absurdly deep JSON
@@ -216,6 +221,7 @@ class ExportService:
         # A principal belongs to one project, so the owner's tasks are all in caller.project_id.
         tasks, count = self.store.reader().list_export_tasks(caller.owner, caller.instance_id, filters, marker,
                                                              offset, limit)
+        tasks = pages.fit(tasks, item_size)
         return tasks, Page(count=count, marker=tasks[-1].export_task_id if tasks else "")
 
     # -- cancel / delete -------------------------------------------------------------------------

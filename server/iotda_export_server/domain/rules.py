@@ -42,10 +42,14 @@ MAX_EXPORT_ATTEMPTS = 3
 LIST_LIMIT_MIN, LIST_LIMIT_MAX, LIST_LIMIT_DEFAULT = 1, 50, 10
 LIST_OFFSET_MAX = 500
 MARKER_DEFAULT = "f" * 24
+# A page also stops before its encoded records pass this many bytes, always holding at least one; its
+# marker is its last record, so the next call goes on from there. ShowBatchTask counts the task itself,
+# then its sub-task details. Under the 4 MiB that gRPC clients receive by default (grpcio, grpc-js,
+# grpcurl), with room for the one record a page always holds (a batch task without its targets is at
+# most ~0.5 MB) and the envelope.
+LIST_PAGE_BUDGET_BYTES = 3 * 1024 * 1024
 
-# Batch tasks.
-MAX_BATCH_TARGETS = 30_000
-MAX_RECORDED_RESULTS_PER_CALL = 10_000
+# Batch tasks: types and statuses.
 BATCH_TASK_TYPES = (
     "softwareUpgrade", "firmwareUpgrade", "moduleUpgrade", "createDevices", "deleteDevices",
     "freezeDevices", "unfreezeDevices", "createCommands", "createAsyncCommands", "createMessages",
@@ -60,7 +64,41 @@ SUBTASK_STATUSES = ("Waitting", "Processing", "Success", "Fail", "FailWaitRetry"
 # Sub-task statuses after which nothing more happens to it.
 SUBTASK_FINAL_STATUSES = ("Success", "Fail", "Stopped", "Removed")
 
+# Sub-tasks of a batch task (the platform's 30,000 targets), also those RecordSubtaskResults adds to a
+# task created without a fixed target list (targets_filter, document_source): counted under the task's lock.
+MAX_BATCH_TARGETS = 30_000
+# RecordSubtaskResults: results per call.
+MAX_RECORDED_RESULTS_PER_CALL = 10_000
+# A recorded result's output text, in characters.
+MAX_OUTPUT_CHARS = 32_767
+# A recorded result's error_code, and its error_msg, in characters each.
+MAX_ERROR_FIELD_CHARS = 1_024
+# The JSON fields of a batch task (a Struct over gRPC, an object over HTTP) are measured in characters
+# of their compact JSON text (json.dumps(..., ensure_ascii=False, separators=(",", ":"))).
+# task_ext_info: the platform's 512 characters.
+MAX_TASK_EXT_INFO_CHARS = 512
+# document: ours (the platform caps a shadow document at 10 KB and names no limit for other payloads).
+MAX_DOCUMENT_CHARS = 64 * 1024
+# targets_filter: room for MAX_TARGET_GROUPS group IDs of 128 characters.
+MAX_TARGETS_FILTER_CHARS = 16 * 1024
+# targets_filter.group_ids: at most this many (the platform names no limit; 100 as its other target lists).
+MAX_TARGET_GROUPS = 100
+# Nesting of objects and arrays in one of those fields, the field's own object being depth 1.
+MAX_JSON_DEPTH = 12
+# A Struct's protobuf encoding is at most 5.5 times its compact JSON text (an array of numbers: "0," is
+# 2 characters, 11 bytes encoded). The transport refuses an encoding over this many bytes per allowed
+# character before decoding it (decoding a Struct is pure Python: seconds for a few megabytes).
+STRUCT_BYTES_PER_JSON_CHAR = 6
+# ListExportTasks' resource_condition filter: JSON text like {"task_id":"<24 hex>"}.
+MAX_RESOURCE_CONDITION_CHARS = 256
+
 # Download chunks: gRPC messages stay well under the 4 MiB default.
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
 # WatchProgress repeats the latest state after this long without a change (the proto's promise).
 WATCH_HEARTBEAT_SECONDS = 15.0
+# Per user and per server process (each replica counts its own): WatchProgress streams open at once;
+# one more is refused before its first message. Default of `serve --max-watch-streams-per-user`.
+MAX_WATCH_STREAMS_PER_USER = 100
+# Per user and per server process: downloads (ShowExportTask streams, resumes included) at once; one
+# more is refused before it is admitted. Default of `serve --max-downloads-per-user`.
+MAX_DOWNLOADS_PER_USER = 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from . import rules
@@ -73,6 +74,25 @@ def paging(limit: int | None, offset: int | None, marker: str) -> tuple[int, int
     elif not RECORD_ID.match(marker):
         raise invalid("marker", "must be 24 lowercase hex characters")
     return limit, offset, marker
+
+
+def json_object(value: dict, field_name: str, max_chars: int) -> str:
+    """A JSON field of a request (a Struct): at most rules.MAX_JSON_DEPTH levels of objects and arrays and
+    `max_chars` characters of compact JSON text. Returns that text."""
+    depth, level = 0, [value]
+    while level:  # breadth first, one level at a time: no recursion, whatever the input
+        depth += 1
+        if depth > rules.MAX_JSON_DEPTH:
+            raise invalid(field_name, f"must nest objects and arrays at most {rules.MAX_JSON_DEPTH} levels deep")
+        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (dict, list))]
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise invalid(field_name, "must not hold NaN or Infinity") from None
+    if len(text) > max_chars:
+        raise invalid(field_name, f"must be at most {max_chars} characters of JSON, got {len(text)}")
+    return text
 
 
 def collect(*checks) -> None:

@@ -8,8 +8,8 @@ from iotda.export.v1 import batch_task_pb2 as bpb
 from iotda.export.v1 import common_pb2 as cpb
 from iotda.export.v1 import export_task_pb2 as epb
 
-from ..domain import ids
-from ..domain.batches import CreateBatchRequest, SubtaskResult
+from ..domain import ids, rules
+from ..domain.batches import JSON_FIELDS, CreateBatchRequest, SubtaskResult
 from ..domain.errors import invalid
 from ..domain.exports import CreateExportRequest, ListExportFilter
 from ..domain.model import BatchTask, ExportTask, Page, Subtask
@@ -59,12 +59,41 @@ def _struct(d: dict | None) -> struct_pb2.Struct | None:
 
 
 def _dict(msg, name: str) -> dict | None:
+    """A Struct field as a dict, for the domain's checks. An encoding too large for any value the
+    domain accepts is refused first: its size is known at once (C), decoding it is pure Python."""
     if not msg.HasField(name):
         return None
+    value = getattr(msg, name)
+    if value.ByteSize() > rules.STRUCT_BYTES_PER_JSON_CHAR * JSON_FIELDS[name]:
+        raise invalid(name, f"must be at most {JSON_FIELDS[name]} characters of JSON")
     try:
-        return json_format.MessageToDict(getattr(msg, name))
+        return json_format.MessageToDict(value)
     except (ValueError, TypeError) as exc:  # a Struct holding NaN/Infinity cannot be rendered back
         raise invalid(name, f"is not valid JSON: {exc}") from None
+
+
+class Rendered:
+    """Renders records once for a page that is cut by size: `size(record)` (for the domain's
+    pages.fit) keeps the message it rendered, `get(record)` hands it out for the response."""
+
+    def __init__(self, render):
+        self._render = render
+        self._messages: dict[int, object] = {}
+
+    def size(self, record) -> int:
+        message = self._messages[id(record)] = self._render(record)
+        return field_size(message)
+
+    def get(self, record):
+        message = self._messages.pop(id(record), None)
+        return self._render(record) if message is None else message
+
+
+def field_size(message) -> int:
+    """Bytes `message` takes as one element of a repeated (or singular) message field: its encoding,
+    the field's tag (field numbers below 16: one byte) and the length prefix."""
+    n = message.ByteSize()
+    return 1 + max(1, (n.bit_length() + 6) // 7) + n
 
 
 def batch_task(t: BatchTask, with_targets: bool = True) -> bpb.BatchTask:

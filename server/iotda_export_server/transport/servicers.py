@@ -22,6 +22,8 @@ from iotda.export.v1 import export_task_pb2 as epb
 from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
 
 from ..domain import auth, rules, validation
+from ..domain.errors import Codes
+from ..domain.limits import ConcurrencyLimiter
 from ..domain.batches import BatchService
 from ..domain.errors import DomainError, ExportTaskNotFound, QuotaExceeded, RateLimited
 from ..domain.exports import ExportService
@@ -124,16 +126,20 @@ class Handlers:
         finally:
             self._done(operation, code, started)
 
-    async def _stream(self, operation: str, request, context, gen_fn):
+    async def _stream(self, operation: str, request, context, gen_fn, limiter: ConcurrencyLimiter):
         """Server streaming: every check happens before the first message (after it, an HTTP
-        gateway can no longer change the status)."""
+        gateway can no longer change the status). The caller holds one of `limiter`'s slots from
+        then until the stream ends, however it ends (this generator's finally: an error, the client
+        cancelling, shutdown, or the generator being closed)."""
         md = _metadata(context)
         request_id = self._begin(md)
         started = time.monotonic()
         code = "OK"
         ended = False  # the stream ran to its end, or ended with a status of ours
+        slot = None
         try:
             caller = await _in_thread(lambda: self._authorize(md, request.project_id, operation))
+            slot = limiter.acquire(caller.owner)
             agen = gen_fn(caller)
             first = await agen.__anext__()
             await context.send_initial_metadata([("x-request-id", request_id)])
@@ -155,6 +161,8 @@ class Handlers:
             code = errors.grpc_code(err).name
             await errors.abort(context, err, request_id)
         finally:
+            if slot is not None:
+                slot.release()
             if not ended:
                 # Cut at a yield (grpc closes or cancels the stream): by the client, or by the
                 # shutdown. Count what the client saw, not OK.
@@ -179,10 +187,18 @@ async def _in_thread(fn):
 
 
 class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
-    def __init__(self, store, authenticator, metrics: Metrics, exports: ExportService, hub: ProgressHub):
+    def __init__(self, store, authenticator, metrics: Metrics, exports: ExportService, hub: ProgressHub,
+                 max_watch_streams_per_user: int = rules.MAX_WATCH_STREAMS_PER_USER,
+                 max_downloads_per_user: int = rules.MAX_DOWNLOADS_PER_USER):
         super().__init__(store, authenticator, metrics)
         self.exports = exports
         self.hub = hub
+        self.watch_slots = ConcurrencyLimiter(
+            max_watch_streams_per_user, quota_id="watch-streams-per-user", what="WatchProgress streams",
+            error_code=Codes.WATCH_STREAMS_LIMIT)
+        self.download_slots = ConcurrencyLimiter(
+            max_downloads_per_user, quota_id="downloads-per-user", what="downloads (ShowExportTask streams)",
+            error_code=Codes.DOWNLOADS_LIMIT)
 
     async def CreateExportTask(self, request, context):
         def work(caller):
@@ -192,10 +208,12 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
 
     async def ListExportTasks(self, request, context):
         def work(caller):
+            rendered = render.Rendered(render.export_task)
             tasks, page = self.exports.list(caller, render.list_export_filter(request),
                                             render.optional_int(request, "limit"),
-                                            render.optional_int(request, "offset"), request.marker)
-            return epb.ListExportTasksResponse(export_tasks=[render.export_task(t) for t in tasks],
+                                            render.optional_int(request, "offset"), request.marker,
+                                            item_size=rendered.size)
+            return epb.ListExportTasksResponse(export_tasks=[rendered.get(t) for t in tasks],
                                                page=render.page(page))
         return await self._call("ListExportTasks", request, context, work, point_reads=True)
 
@@ -246,7 +264,7 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
                     yield msg  # awaiting each write applies HTTP/2 flow control
             finally:
                 f.close()
-        return self._stream("ShowExportTask", request, context, chunks)
+        return self._stream("ShowExportTask", request, context, chunks, self.download_slots)
 
     def WatchProgress(self, request, context):
         async def events(caller):
@@ -267,7 +285,7 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
                     yield _watch_event(topic, heartbeat)  # awaiting the send applies flow control
             finally:
                 self.hub.unsubscribe(topic)
-        return self._stream("WatchProgress", request, context, events)
+        return self._stream("WatchProgress", request, context, events, self.watch_slots)
 
 
 _HASH_BLOCK = 1024 * 1024
@@ -322,21 +340,24 @@ class BatchTaskServicer(Handlers, bpb_grpc.BatchTaskServiceServicer):
 
     async def ShowBatchTask(self, request, context):
         def work(caller):
+            rendered_task, rendered = render.Rendered(render.batch_task), render.Rendered(render.subtask)
             task, details, page = self.batches.show(
                 caller, request.task_id, request.task_detail_status, request.target,
-                render.optional_int(request, "limit"), render.optional_int(request, "offset"), request.marker)
-            return bpb.ShowBatchTaskResponse(batchtask=render.batch_task(task),
-                                             task_details=[render.subtask(s) for s in details],
+                render.optional_int(request, "limit"), render.optional_int(request, "offset"), request.marker,
+                task_size=rendered_task.size, detail_size=rendered.size)
+            return bpb.ShowBatchTaskResponse(batchtask=rendered_task.get(task),
+                                             task_details=[rendered.get(s) for s in details],
                                              page=render.page(page))
         return await self._call("ShowBatchTask", request, context, work)
 
     async def ListBatchTasks(self, request, context):
         def work(caller):
+            rendered = render.Rendered(lambda t: render.batch_task(t, with_targets=False))
             tasks, page = self.batches.list(
                 caller, request.app_id, request.task_type, request.status,
-                render.optional_int(request, "limit"), render.optional_int(request, "offset"), request.marker)
-            return bpb.ListBatchTasksResponse(batchtasks=[render.batch_task(t, with_targets=False) for t in tasks],
-                                              page=render.page(page))
+                render.optional_int(request, "limit"), render.optional_int(request, "offset"), request.marker,
+                item_size=rendered.size)
+            return bpb.ListBatchTasksResponse(batchtasks=[rendered.get(t) for t in tasks], page=render.page(page))
         return await self._call("ListBatchTasks", request, context, work)
 
     async def DeleteBatchTask(self, request, context):

@@ -104,7 +104,8 @@ class BatchTaskServiceServicer:
     def RecordSubtaskResults(self, request, context):
         """Records the results of sub-tasks in bulk (up to 10,000 per call). Setting
         a sub-task to the state it already has changes nothing, so a retried call
-        is harmless. When every sub-task is final the batch task becomes Success,
+        is harmless. A task without a fixed target list gains a sub-task for each
+        new target, up to 30,000 in all (FAILED_PRECONDITION beyond). When every sub-task is final the batch task becomes Success,
         Fail or PartialSuccess. Action `iotda:batchtasks:recordResults`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -132,8 +132,9 @@ class ExportTaskServiceServicer:
     def WatchProgress(self, request, context):
         """Streams an export task's progress: the current state first, then every
         change, and a heartbeat repeating the latest state every 15 seconds. The
-        stream ends after the task reaches Success or Failed. Action
-        `iotda:exporttasks:query`.
+        stream ends after the task reaches Success or Failed. A user holds at
+        most 100 streams open at once on a server (RESOURCE_EXHAUSTED beyond).
+        Action `iotda:exporttasks:query`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
