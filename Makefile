@@ -8,7 +8,7 @@ DATA_DIR ?= ./data
 GRPC_ADDR ?= 127.0.0.1:50051
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test fuzz venv protos check-protos lint breaking clean bench
+.PHONY: run test fuzz venv protos check-protos lint breaking clean bench openapi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: $(STAMP)
 ## Regenerate the Python stubs from protos/ (commit the result).
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
+
+## Regenerate the OpenAPI document from the protos: docs/openapi.json and the copy /openapi.json serves
+## (commit the result; tests/test_openapi.py fails when it is stale).
+openapi: $(STAMP)
+	$(BIN)/python scripts/gen_openapi.py
 
 check-protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
