@@ -254,3 +254,14 @@ def test_real_answers_of_every_operation_match_the_document(doc, server, channel
         for m, op in item.items():
             success = [s for s in op["responses"] if s.startswith("2")]
             assert (m.upper(), path, success[0]) in c.seen, (m, path, success)
+
+
+def test_the_served_document_is_the_committed_one(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        conn.request("GET", "/openapi.json")
+        r = conn.getresponse()
+        assert r.status == 200 and r.getheader("Content-Type").startswith("application/json")
+        assert r.read() == DOC_PATH.read_bytes()
+    finally:
+        conn.close()
