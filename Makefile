@@ -8,7 +8,7 @@ DATA_DIR ?= ./data
 GRPC_ADDR ?= 127.0.0.1:50051
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test fuzz venv protos check-protos lint breaking clean bench openapi
+.PHONY: run test fuzz venv protos check-protos lint breaking clean bench openapi browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,19 @@ run: $(STAMP)
 	$(BIN)/iotda-export serve --data-dir $(DATA_DIR) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
 ## Everything CI checks: stubs fresh, protos lint-clean, no unannounced breaking change since the
-## previous commit (scripts/check_breaking.py), every test (the Node.js client test needs npm ci).
-test: $(STAMP) $(NODE_STAMP) check-protos lint breaking
+## previous commit (scripts/check_breaking.py), every test (the Node.js client test needs npm ci,
+## the console's browser tests Debian's headless Chromium).
+test: $(STAMP) $(NODE_STAMP) browser check-protos lint breaking
 	$(BIN)/python -m pytest
+
+## Debian's Chromium and chromedriver for the console's browser tests (tests/test_console.py),
+## installed once: nothing happens when both are there.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		echo "installing chromium and chromium-driver (the console's browser tests)"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; \
+	fi
 
 ## The hostile-input tests with many more examples (minutes, not seconds).
 fuzz: $(STAMP)

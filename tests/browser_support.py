@@ -1,0 +1,55 @@
+"""A real browser for the console's tests: Debian's headless Chromium driven by Selenium through
+Debian's chromedriver (never Selenium Manager: nothing is downloaded), with the flags that keep it
+from reaching for the network on a closed machine, and a downloads folder of the test's own.
+
+Chromium missing is a test failure naming the command that installs it, never a skip.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+
+import pytest
+
+CHROMIUM = pathlib.Path("/usr/bin/chromium")
+CHROMEDRIVER = pathlib.Path("/usr/bin/chromedriver")
+INSTALL_HINT = "apt-get install -y chromium chromium-driver (`make test` and .ci/run install them when missing)"
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-default-apps", "--disable-extensions", "--no-default-browser-check",
+         "--window-size=1400,1000", "--lang=en-US")
+# Browser log lines that are expected on their own: a refused call (401, 403, 404) and a server
+# that is down while the console reconnects. Anything else at SEVERE (a script error, a
+# Content-Security-Policy violation) is a failure.
+EXPECTED_SEVERE = ("Failed to load resource",)
+
+
+def start_browser(download_dir: pathlib.Path):
+    """A fresh headless Chromium (its own profile) whose downloads land in `download_dir`."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: the console's browser tests need them; {INSTALL_HINT}",
+                    pytrace=False)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='iotda-chromium-')}")
+    options.add_experimental_option("prefs", {
+        "download.default_directory": str(download_dir), "download.prompt_for_download": False,
+        "download.directory_upgrade": True, "safebrowsing.enabled": False})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
+    driver.set_page_load_timeout(30)
+    return driver
+
+
+def unexpected_browser_errors(driver) -> list[str]:
+    """SEVERE browser log lines since the last call, but for EXPECTED_SEVERE ones."""
+    return [e["message"] for e in driver.get_log("browser")
+            if e["level"] == "SEVERE" and not any(x in e["message"] for x in EXPECTED_SEVERE)]
