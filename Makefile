@@ -8,7 +8,7 @@ DATA_DIR ?= ./data
 GRPC_ADDR ?= 127.0.0.1:50051
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test fuzz venv protos check-protos lint breaking clean bench openapi browser
+.PHONY: run test fuzz venv protos check-protos lint breaking clean bench openapi browser console-screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ protos: $(STAMP)
 ## (commit the result; tests/test_openapi.py fails when it is stale).
 openapi: $(STAMP)
 	$(BIN)/python scripts/gen_openapi.py
+
+## Retake docs/images/console.png: the console in headless Chromium against a server of its own.
+console-screenshot: $(STAMP) browser
+	$(BIN)/python scripts/console_screenshot.py
 
 check-protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
