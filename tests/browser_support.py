@@ -23,6 +23,12 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 # that is down while the console reconnects. Anything else at SEVERE (a script error, a
 # Content-Security-Policy violation) is a failure.
 EXPECTED_SEVERE = ("Failed to load resource",)
+CSP_RECORDER = """
+window.__cspViolations = [];
+document.addEventListener('securitypolicyviolation', (e) => {
+  window.__cspViolations.push(`${e.effectiveDirective} ${e.blockedURI || 'inline'} ${e.sourceFile}:${e.lineNumber}`);
+});
+"""
 
 
 def start_browser(download_dir: pathlib.Path):
@@ -45,6 +51,9 @@ def start_browser(download_dir: pathlib.Path):
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
+    # Every Content-Security-Policy violation of every page, from before its first byte is parsed
+    # (an inline style attribute is refused at parse time, before any script of the page runs).
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": CSP_RECORDER})
     driver.set_page_load_timeout(30)
     return driver
 
@@ -53,3 +62,8 @@ def unexpected_browser_errors(driver) -> list[str]:
     """SEVERE browser log lines since the last call, but for EXPECTED_SEVERE ones."""
     return [e["message"] for e in driver.get_log("browser")
             if e["level"] == "SEVERE" and not any(x in e["message"] for x in EXPECTED_SEVERE)]
+
+
+def csp_violations(driver) -> list[str]:
+    """The Content-Security-Policy violations of the page shown now (CSP_RECORDER)."""
+    return driver.execute_script("return window.__cspViolations || ['the recorder did not run']")

@@ -18,7 +18,7 @@ import time
 import zipfile
 
 import pytest
-from browser_support import start_browser, unexpected_browser_errors
+from browser_support import csp_violations, start_browser, unexpected_browser_errors
 from pg_support import Proc, run_cli
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -108,13 +108,14 @@ TOKENS: list[str] = []  # every token the tests typed: none may show in a URL or
 
 @pytest.fixture
 def page(browser, served):
-    """The browser on a fresh console page (no session); afterwards no script error or CSP
-    violation in the browser's log, and no token in any URL it loaded."""
+    """The browser on a fresh console page (no session); afterwards no CSP violation on the page,
+    no script error in the browser's log, no token in any URL it loaded, nothing in localStorage."""
     browser.get(served.url + "/console/")
     browser.execute_script("sessionStorage.clear(); localStorage.clear();")
     browser.get(served.url + "/console/")
     unexpected_browser_errors(browser)  # drop what an earlier test left
     yield browser
+    assert csp_violations(browser) == []
     assert unexpected_browser_errors(browser) == []
     urls = [browser.current_url] + browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)")
@@ -425,6 +426,7 @@ def test_cancel_delete_and_the_stream_reconnecting_across_a_restart(browser, tmp
         reconnecting = [i for i, r in enumerate(seen) if r["reconnecting"]]
         assert reconnecting and any(r["live"] for r in seen[reconnecting[-1]:]), "never live again"
         assert browser.find_element(By.ID, "app").is_displayed()  # the same page, still signed in
+        assert csp_violations(browser) == []
         assert unexpected_browser_errors(browser) == []
         for served in (first, second):
             assert first.admin["token"] not in served.log()
