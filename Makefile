@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := client/node/node_modules/.installed
+AXE_STAMP := tests/browser/node_modules/.installed
 DATA_DIR ?= ./data
 GRPC_ADDR ?= 127.0.0.1:50051
 HTTP_ADDR ?= 127.0.0.1:8080
@@ -23,14 +24,19 @@ $(NODE_STAMP): client/node/package.json client/node/package-lock.json
 	npm ci --prefix client/node --no-audit --no-fund
 	touch $(NODE_STAMP)
 
+## axe-core for the console's accessibility test, exactly as tests/browser/package-lock.json pins it.
+$(AXE_STAMP): tests/browser/package.json tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund
+	touch $(AXE_STAMP)
+
 ## Start the service on the embedded default (SQLite + local files under $(DATA_DIR)), gRPC and HTTP.
 run: $(STAMP)
 	$(BIN)/iotda-export serve --data-dir $(DATA_DIR) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
 ## Everything CI checks: stubs fresh, protos lint-clean, no unannounced breaking change since the
 ## previous commit (scripts/check_breaking.py), every test (the Node.js client test needs npm ci,
-## the console's browser tests Debian's headless Chromium).
-test: $(STAMP) $(NODE_STAMP) browser check-protos lint breaking
+## the console's browser tests Debian's headless Chromium and axe-core).
+test: $(STAMP) $(NODE_STAMP) $(AXE_STAMP) browser check-protos lint breaking
 	$(BIN)/python -m pytest
 
 ## Debian's Chromium and chromedriver for the console's browser tests (tests/test_console.py),

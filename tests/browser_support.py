@@ -64,6 +64,25 @@ def unexpected_browser_errors(driver) -> list[str]:
             if e["level"] == "SEVERE" and not any(x in e["message"] for x in EXPECTED_SEVERE)]
 
 
+AXE = pathlib.Path(__file__).resolve().parent / "browser" / "node_modules" / "axe-core" / "axe.min.js"
+AXE_RUN = """
+const done = arguments[arguments.length - 1];
+axe.run(document, {resultTypes: ['violations']}).then(
+  (r) => done(r.violations.map((v) => `${v.id} (${v.impact}): ${v.help}: ` +
+                                      v.nodes.map((n) => n.target.join(' ')).slice(0, 5).join(', '))),
+  (e) => done([`axe failed: ${e}`]));
+"""
+
+
+def accessibility_violations(driver) -> list[str]:
+    """axe-core's violations of the page as it is now (every rule axe runs by default: names,
+    labels, roles, contrast, ...). The page's CSP must be bypassed for axe's script to run."""
+    if not AXE.exists():
+        pytest.fail(f"{AXE} missing: `make test` installs it (npm ci --prefix tests/browser)", pytrace=False)
+    driver.execute_script(AXE.read_text(encoding="utf-8"))
+    return driver.execute_async_script(AXE_RUN)
+
+
 def csp_violations(driver) -> list[str]:
     """The Content-Security-Policy violations of the page shown now (CSP_RECORDER)."""
     return driver.execute_script("return window.__cspViolations || ['the recorder did not run']")

@@ -18,7 +18,7 @@ import time
 import zipfile
 
 import pytest
-from browser_support import csp_violations, start_browser, unexpected_browser_errors
+from browser_support import accessibility_violations, csp_violations, start_browser, unexpected_browser_errors
 from pg_support import Proc, run_cli
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -435,3 +435,35 @@ def test_cancel_delete_and_the_stream_reconnecting_across_a_restart(browser, tmp
             second.stop()
         else:
             first.proc.stop()
+
+
+def test_every_view_passes_axe_accessibility_checks_in_light_and_dark(browser, served):
+    """axe-core on the sign-in form, a refusal, the signed-in console with tasks and batch tasks, in
+    both colour schemes; and axe does find a violation put there on purpose."""
+    task_id = served.seed(1200)
+    browser.set_script_timeout(60)
+    browser.execute_cdp_cmd("Page.setBypassCSP", {"enabled": True})  # axe's script is not the page's
+    try:
+        browser.get(served.url + "/console/")
+        browser.execute_script("sessionStorage.clear()")
+        browser.get(served.url + "/console/")
+        assert accessibility_violations(browser) == [], "the sign-in form"
+        sign_in(browser, served, served.admin, token="0" * 43)
+        wait(browser, lambda d: messages(d), what="the refusal")
+        assert accessibility_violations(browser) == [], "a refusal"
+        browser.get(served.url + "/console/")
+        signed_in(browser, served, served.admin)
+        export_id = create_from_picker(browser, task_id)
+        wait(browser, lambda d: row_state(d, export_id)["status"] == "Success", timeout=120, what="Success")
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#batches-body tr[data-task-id]"), what="batch tasks")
+        for scheme in ("light", "dark"):
+            browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+                "features": [{"name": "prefers-color-scheme", "value": scheme}]})
+            assert accessibility_violations(browser) == [], f"the console ({scheme})"
+        browser.execute_script("document.getElementById('notice').append(document.createElement('input'))")
+        found = accessibility_violations(browser)
+        assert any(v.startswith("label ") for v in found), found
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+        browser.execute_cdp_cmd("Page.setBypassCSP", {"enabled": False})
+        browser.get("about:blank")
