@@ -41,7 +41,14 @@ const state = {
   downloadAllowedAt: 0,
   countdownTimer: 0,
   refreshTimer: 0,
+  loads: { exports: 0, batches: 0, picker: 0 }, // the latest load of each list: older answers are dropped
 };
+
+// A new load of `list`; `current()` tells whether it is still the latest when its answer arrives.
+function newLoad(list) {
+  const ticket = ++state.loads[list];
+  return () => state.loads[list] === ticket && state.api !== null;
+}
 
 // -- small DOM helpers -----------------------------------------------------------------------------
 
@@ -274,8 +281,10 @@ class Pager {
 async function loadExports() {
   if (!state.api) return;
   const pager = state.exports;
+  const current = newLoad("exports");
   try {
     const { data } = await state.api.listExportTasks(pager.query());
+    if (!current()) return;
     const tasks = data.export_tasks || [];
     if (!tasks.length && pager.position > 0) { // the page emptied (deletions): go back one
       pager.previous();
@@ -285,7 +294,7 @@ async function loadExports() {
     for (const task of tasks) state.tasks.set(task.export_task_id, task);
     renderExports(tasks);
   } catch (error) {
-    failed(error, "Listing export tasks failed");
+    if (current()) failed(error, "Listing export tasks failed");
   }
 }
 
@@ -451,7 +460,9 @@ function refreshUnwatched() {
     .some((row) => !state.streams.has(row.dataset.exportId));
   if (!unwatched) return;
   const pager = state.exports;
+  const current = newLoad("exports");
   state.api.listExportTasks(pager.query()).then(({ data }) => {
+    if (!current()) return;
     const tasks = data.export_tasks || [];
     pager.received(data.page, tasks.length);
     for (const task of tasks) state.tasks.set(task.export_task_id, task);
@@ -568,8 +579,10 @@ async function loadPicker(selectId) {
   const select = $("create-task");
   const type = $("create-type").value;
   select.replaceChildren(el("option", { value: "", disabled: true, selected: true }, "Loading…"));
+  const current = newLoad("picker");
   try {
     const { data } = await state.api.listBatchTasks({ task_type: type, limit: 50 });
+    if (!current()) return;
     const tasks = data.batchtasks || [];
     select.replaceChildren(...tasks.map((t) => el("option", { value: t.task_id },
       `${t.task_name} · ${numberFormat.format(t.task_progress ? t.task_progress.total : 0)} sub-tasks · ${t.status} · ${t.task_id}`)));
@@ -578,6 +591,7 @@ async function loadPicker(selectId) {
     }
     if (selectId) select.value = selectId;
   } catch (error) {
+    if (!current()) return;
     select.replaceChildren(el("option", { value: "", disabled: true, selected: true }, "Could not load the batch tasks"));
     failed(error, "Listing batch tasks failed");
   }
@@ -615,8 +629,10 @@ async function loadBatches() {
   if (!state.api) return;
   const pager = state.batches;
   const query = { ...pager.query(), task_type: $("batches-type").value, status: $("batches-status").value };
+  const current = newLoad("batches");
   try {
     const { data } = await state.api.listBatchTasks(query);
+    if (!current()) return;
     const tasks = data.batchtasks || [];
     pager.received(data.page, tasks.length);
     const body = $("batches-body");
@@ -626,7 +642,7 @@ async function loadBatches() {
     $("batches-prev").disabled = !pager.hasPrevious();
     $("batches-next").disabled = !pager.hasNext();
   } catch (error) {
-    failed(error, "Listing batch tasks failed");
+    if (current()) failed(error, "Listing batch tasks failed");
   }
 }
 
