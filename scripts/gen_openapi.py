@@ -7,8 +7,9 @@ What it reads, so that a change to the protos changes the document:
   protos/iotda/export/v1, read from a descriptor set that protoc (grpc_tools) builds with
   --include_source_info, not from the generated modules (they carry no comments);
 - the words: each service's, method's, message's and field's leading doc comment. A method's
-  comment may state its success status ("HTTP 201.", "HTTP 204."; 200 otherwise); a download's
-  media type is the quoted type in the comment of its `google.api.HttpBody` field;
+  comment may state its success status ("HTTP 201.", "HTTP 204."; 200 otherwise); a request field
+  whose comment says "Mandatory" is required; a download's media type is the quoted type in the
+  comment of its `google.api.HttpBody` field;
 - the schemas: the messages as the gateway renders them (transport/transcode.py): proto field
   names (snake_case), every field without presence always present (a message field as null when
   unset), proto3 `optional` fields only when set, int32 as integer, google.protobuf.Struct as any
@@ -67,6 +68,7 @@ WELL_KNOWN = {
 }
 HTTP_BODY = ".google.api.HttpBody"
 SUCCESS_STATUS = re.compile(r"\bHTTP (\d{3})\b")
+MANDATORY = re.compile(r"\bMandatory\b")  # a request field the service refuses to go without
 MEDIA_TYPE = re.compile(r'"([a-z]+/[A-Za-z0-9.+-]+)"')
 
 # -- what the gateway adds (transport/gateway.py, transport/transcode.py) -------------------------
@@ -285,6 +287,8 @@ class Schemas:
             props[f.name] = prop
             if kind == "output" and not _has_presence(f):
                 required.append(f.name)
+            elif kind == "input" and MANDATORY.search(comment):
+                required.append(f.name)
         schema["properties"] = props
         if required:
             schema["required"] = required
@@ -438,9 +442,11 @@ def build_document() -> dict:
             for name, (i, f) in fields.items():
                 if name in bound or f.type == T_MESSAGE:
                     continue  # a message cannot be given as one query value
-                p = {"name": name, "in": "query", "required": False, "schema": query_schema(f, paging)}
-                if protos.field_comment(method.input_type, i):
-                    p["description"] = protos.field_comment(method.input_type, i)
+                comment = protos.field_comment(method.input_type, i)
+                p = {"name": name, "in": "query", "required": bool(MANDATORY.search(comment)),
+                     "schema": query_schema(f, paging)}
+                if comment:
+                    p["description"] = comment
                 params.append(p)
         params += [{"$ref": "#/components/parameters/InstanceId"}, {"$ref": "#/components/parameters/XProjectId"}]
         op: dict = {"operationId": method.name, "tags": [service.name], "summary": _summary(comment),

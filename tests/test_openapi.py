@@ -256,6 +256,44 @@ def test_real_answers_of_every_operation_match_the_document(doc, server, channel
             assert (m.upper(), path, success[0]) in c.seen, (m, path, success)
 
 
+def test_what_the_document_requires_the_gateway_refuses_to_go_without(doc, server, channel, seed):
+    """Each required query parameter and body field: a call that leaves it out (and only it) is a
+    400 naming it; with everything the document requires, the call succeeds."""
+    user = make_user(server, channel)
+    c = Checker(doc, server.http_port, user.creds)
+    p = {"project_id": user.project_id}
+    base = "/v5/iot/{project_id}"
+    valid = {  # (method, path): (query, body) of a call that succeeds
+        ("POST", base + "/export-tasks"): ("", {"resource_type": "BatchTask",
+                                               "resource_condition": {"task_id": seed(user, 10)}}),
+        ("POST", base + "/batchtasks"): ("", {"task_name": "required_check", "task_type": "createCommands",
+                                             "targets": ["dev_1"]}),
+        ("GET", base + "/batchtasks"): ("task_type=createCommands", None),
+    }
+    found = set()
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            required_query = [q["name"] for q in op["parameters"] if q.get("in") == "query" and q["required"]]
+            body_ref = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            required_body = doc["components"]["schemas"][body_ref["$ref"].rsplit("/", 1)[1]].get("required", []) \
+                if body_ref else []
+            if not required_query and not required_body:
+                continue
+            found.add((method.upper(), path))
+            query, body = valid[(method.upper(), path)]
+            for name in required_query:
+                rest = "&".join(x for x in query.split("&") if not x.startswith(name + "="))
+                _, refused = c.call(method.upper(), path, p, query=rest, expect=400)
+                assert name in refused["error_msg"], (path, name, refused)
+            for name in required_body:
+                _, refused = c.call(method.upper(), path, p, query=query,
+                                    body={k: v for k, v in body.items() if k != name}, expect=400)
+                assert name in refused["error_msg"], (path, name, refused)
+            r, _ = c.call(method.upper(), path, p, query=query, body=body)
+            assert 200 <= r.status < 300, (method, path, r.status)
+    assert found == set(valid), "the document's required fields changed: update `valid`"
+
+
 def test_the_served_document_is_the_committed_one(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
     try:
