@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import re
+import socket
 import time
 
 import psycopg
@@ -25,6 +26,8 @@ from iotda_export_server.domain import rules
 from iotda_export_server.store import open_store
 from iotda_export_server.store.sqlite import DB_FILE_NAME
 from iotda_export_server.transport import probes, web
+from iotda_export_server.transport.grpc_server import MAX_MESSAGE_BYTES
+from iotda_export_server.transport.http_server import HttpLimits
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONSOLE_DIR = ROOT / "server" / "iotda_export_server" / "web" / "console"
@@ -119,6 +122,27 @@ def test_pages_take_get_and_head_only(pages_server, method, path):
     doc = r.json()
     assert doc["error_code"] == "APIGW.0102" and set(doc) == {"error_code", "error_msg", "code", "message", "details"}
     assert b"secret-token-value" not in r.body
+
+
+def test_a_body_sent_to_a_page_is_never_read(tmp_path):
+    """10 MB declared, not a byte sent: the 405 comes at once, and the connection is closed rather
+    than kept open to discard a body (the server would linger 10 s for an authenticated caller)."""
+    limits = HttpLimits(max_body_bytes=MAX_MESSAGE_BYTES, lingering_seconds=10.0)
+    s = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0", http_limits=limits)
+    try:
+        with socket.create_connection(("127.0.0.1", s.http_port), timeout=10) as sock:
+            sock.settimeout(10)
+            sock.sendall(b"POST /console/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 10000000\r\n\r\n")
+            started = time.monotonic()
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            closed_after = time.monotonic() - started
+        assert data.startswith(b"HTTP/1.1 405 "), data[:100]
+        assert closed_after < 5, f"the connection stayed open {closed_after:.1f} s"
+    finally:
+        s.stop()
 
 
 def test_the_api_still_needs_credentials(pages_server):

@@ -277,6 +277,7 @@ class Gateway:
             # Prometheus scrapes without credentials, as is usual: counts only, no ids or secrets.
             return await self.metrics_page()
         if self.pages is not None and self.pages.serves(raw_path):
+            request.protocol.linger_after_refusal(False)  # a body sent here is never read
             if request.method not in Pages.METHODS:
                 raise HttpError(domain_errors.DomainError("Method not allowed on this path.", error_code="APIGW.0102",
                                                          reason="METHOD_NOT_ALLOWED"), http_status=405,
