@@ -130,8 +130,8 @@ def test_a_body_sent_to_a_page_is_never_read(tmp_path):
     limits = HttpLimits(max_body_bytes=MAX_MESSAGE_BYTES, lingering_seconds=10.0)
     s = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0", http_limits=limits)
     try:
-        with socket.create_connection(("127.0.0.1", s.http_port), timeout=10) as sock:
-            sock.settimeout(10)
+        with socket.create_connection(("127.0.0.1", s.http_port), timeout=30) as sock:
+            sock.settimeout(30)
             sock.sendall(b"POST /console/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 10000000\r\n\r\n")
             started = time.monotonic()
