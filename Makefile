@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := client/node/node_modules/.installed
+AXE_STAMP := tests/browser/node_modules/.installed
 DATA_DIR ?= ./data
 GRPC_ADDR ?= 127.0.0.1:50051
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test fuzz venv protos check-protos lint breaking clean bench
+.PHONY: run test fuzz venv protos check-protos lint breaking clean bench openapi browser console-screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,14 +24,29 @@ $(NODE_STAMP): client/node/package.json client/node/package-lock.json
 	npm ci --prefix client/node --no-audit --no-fund
 	touch $(NODE_STAMP)
 
+## axe-core for the console's accessibility test, exactly as tests/browser/package-lock.json pins it.
+$(AXE_STAMP): tests/browser/package.json tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund
+	touch $(AXE_STAMP)
+
 ## Start the service on the embedded default (SQLite + local files under $(DATA_DIR)), gRPC and HTTP.
 run: $(STAMP)
 	$(BIN)/iotda-export serve --data-dir $(DATA_DIR) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
 ## Everything CI checks: stubs fresh, protos lint-clean, no unannounced breaking change since the
-## previous commit (scripts/check_breaking.py), every test (the Node.js client test needs npm ci).
-test: $(STAMP) $(NODE_STAMP) check-protos lint breaking
+## previous commit (scripts/check_breaking.py), every test (the Node.js client test needs npm ci,
+## the console's browser tests Debian's headless Chromium and axe-core).
+test: $(STAMP) $(NODE_STAMP) $(AXE_STAMP) browser check-protos lint breaking
 	$(BIN)/python -m pytest
+
+## Debian's Chromium and chromedriver for the console's browser tests (tests/test_console.py),
+## installed once: nothing happens when both are there.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		echo "installing chromium and chromium-driver (the console's browser tests)"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; \
+	fi
 
 ## The hostile-input tests with many more examples (minutes, not seconds).
 fuzz: $(STAMP)
@@ -44,6 +60,15 @@ bench: $(STAMP)
 ## Regenerate the Python stubs from protos/ (commit the result).
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
+
+## Regenerate the OpenAPI document from the protos: docs/openapi.json and the copy /openapi.json serves
+## (commit the result; tests/test_openapi.py fails when it is stale).
+openapi: $(STAMP)
+	$(BIN)/python scripts/gen_openapi.py
+
+## Retake docs/images/console.png: the console in headless Chromium against a server of its own.
+console-screenshot: $(STAMP) browser
+	$(BIN)/python scripts/console_screenshot.py
 
 check-protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check

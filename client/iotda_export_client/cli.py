@@ -46,6 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
         if server.http_port is not None:
             http_host = args.http_addr.rsplit(":", 1)[0]
             print(f"iotda-export listening on http://{http_host}:{server.http_port} (HTTP/JSON gateway)", flush=True)
+            print(f"web console on http://{http_host}:{server.http_port}/console/ (also /openapi.json, /healthz,"
+                  " /readyz)", flush=True)
         if server.bootstrap_credentials:
             creds = os.path.join(args.data_dir, CREDENTIALS_FILE)
             print(f"created administrator '{server.bootstrap_credentials['user']}' in project "

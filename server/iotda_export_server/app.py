@@ -209,12 +209,14 @@ class ExportServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.config.http_addr is not None:
             from .transport.gateway import Gateway
+            from .transport.probes import Readiness
+            from .transport.web import Pages
             grpc_host = self.config.grpc_addr.rsplit(":", 1)[0]
             if grpc_host in ("", "0.0.0.0", "[::]", "::"):
                 grpc_host = "127.0.0.1"
             self.gateway = Gateway(f"{grpc_host}:{self.port}", [
                 d.services_by_name[n] for d, n in SERVICE_DESCRIPTORS], authenticator, front_end_key,
-                MAX_MESSAGE_BYTES, metrics, self.config.http_limits)
+                MAX_MESSAGE_BYTES, metrics, self.config.http_limits, Pages(Readiness(store, files_dir)))
             http_host, http_port = self.config.http_addr.rsplit(":", 1)
             self.http_port = await self.gateway.start(http_host.strip("[]"), int(http_port))
         # Every process sweeps expired leases (an API-only replica too): exports never stay stuck.

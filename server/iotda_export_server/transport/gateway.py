@@ -42,6 +42,7 @@ from .http_headers import SCOPE_HEADERS, Credential, HeaderError, RequestHeaders
 from .http_server import BodyTimeout, BodyTooLarge, GuardedServer, HttpLimits, read_body
 from .servicers import FRONT_END_KEY, FRONT_END_USER
 from .transcode import RequestTooLarge, Route, build_request, error_body, routes_from, to_json
+from .web import Pages
 
 log = logging.getLogger("iotda_export.gateway")
 
@@ -128,8 +129,9 @@ def _is_ours(status: status_pb2.Status) -> bool:
 class Gateway:
     def __init__(self, grpc_target: str, services: list[descriptor.ServiceDescriptor],
                  authenticator: auth.Authenticator, gateway_key: str, max_message_bytes: int,
-                 metrics: Metrics | None = None, limits: HttpLimits | None = None):
+                 metrics: Metrics | None = None, limits: HttpLimits | None = None, pages: Pages | None = None):
         self.routes = routes_from(services)
+        self.pages = pages  # the console, /openapi.json, /healthz, /readyz (transport/web.py)
         self.metrics = metrics
         self.grpc_target = grpc_target
         self.authenticator = authenticator
@@ -274,6 +276,13 @@ class Gateway:
         if raw_path == "/metrics" and request.method == "GET" and self.metrics is not None:
             # Prometheus scrapes without credentials, as is usual: counts only, no ids or secrets.
             return await self.metrics_page()
+        if self.pages is not None and self.pages.serves(raw_path):
+            request.protocol.linger_after_refusal(False)  # a body sent here is never read
+            if request.method not in Pages.METHODS:
+                raise HttpError(domain_errors.DomainError("Method not allowed on this path.", error_code="APIGW.0102",
+                                                         reason="METHOD_NOT_ALLOWED"), http_status=405,
+                                grpc_code=grpc.StatusCode.UNIMPLEMENTED, headers={"Allow": ", ".join(Pages.METHODS)})
+            return await self.pages.respond(request)  # no credentials: nothing here is the user's
         route, path_values = self._route(request.method, raw_path)
         # Until the caller is known, a refusal closes the connection without reading the body.
         request.protocol.linger_after_refusal(False)
