@@ -1,0 +1,390 @@
+"""Domain-level tests of the rule code that mutation testing found unproved by the fast subset
+(scripts/mutate.py, docs/testing.md): create's validation and idempotency, cancel, delete, download
+admission's every branch, and who sees a task. In-process and fast, on a real SQLite store, so
+`make mutate` can run them once per mutant. (The gRPC suites prove the same through the API; these
+prove them where a mutant is cheap to run.)"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from iotda_export_server.domain import rules
+from iotda_export_server.domain.batches import seed_batch_task
+from iotda_export_server.domain.errors import (BatchTaskNotFound, ExportTaskNotFound, FailedPrecondition,
+                                               InvalidArgument, OutOfRange, QuotaExceeded, RateLimited)
+from iotda_export_server.domain.exports import CreateExportRequest, ExportService
+from iotda_export_server.domain.model import Caller
+from iotda_export_server.store import open_store
+from iotda_export_server.store.files import ResultFiles
+from test_rule_races import Rig
+
+WINDOW_MS = int(rules.DOWNLOAD_INTERVAL_SECONDS * 1000)
+RESUME_WINDOW_MS = int(rules.DOWNLOAD_RESUME_WINDOW_SECONDS * 1000)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    (tmp_path / "data").mkdir()
+    store = open_store(tmp_path / "data")
+    r = Rig(store, ResultFiles(tmp_path / "files"), "sqlite")
+    r.changed = []
+    r.service.on_change = r.changed.append
+    yield r
+    store.close()
+
+
+def request(task_id="", **kw) -> CreateExportRequest:
+    base = dict(resource_type="BatchTask", task_id=task_id, has_resource_condition=True, export_format="",
+                app_type="", app_id="", request_id="")
+    base.update(kw)
+    return CreateExportRequest(**base)
+
+
+def fields(exc: InvalidArgument) -> list[str]:
+    return [v.field for v in exc.violations]
+
+
+# -- create: validation ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, field", [
+    ({"resource_type": ""}, "resource_type"),
+    ({"resource_type": "Device"}, "resource_type"),
+    ({"has_resource_condition": False}, "resource_condition"),
+    ({"task_id": "XYZ"}, "resource_condition.task_id"),
+    ({"export_format": "csv"}, "export_format"),
+    ({"app_type": "app"}, "app_type"),
+    ({"app_type": "APP", "app_id": "a b"}, "app_id"),
+    ({"app_id": "myapp"}, "app_id"),  # app_id with the GLOBAL (default) scope
+    ({"app_type": "GLOBAL", "app_id": "myapp"}, "app_id"),
+    ({"request_id": "has space"}, "request_id"),
+    ({"request_id": "r" * 65}, "request_id"),
+])
+def test_create_names_each_invalid_field_and_changes_nothing(rig, kw, field):
+    caller = rig.caller()
+    batch = rig.batch(caller)
+    kw = {"task_id": batch, **kw}
+    with pytest.raises(InvalidArgument) as info:
+        rig.service.create(caller, request(**kw))
+    assert fields(info.value) == [field], fields(info.value)
+    assert rig.total(caller) == 0 and rig.changed == []
+
+
+def test_create_reports_every_invalid_field_at_once(rig):
+    with pytest.raises(InvalidArgument) as info:
+        rig.service.validate_create(request("XYZ", resource_type="Device", export_format="csv", app_type="x"))
+    assert fields(info.value) == ["resource_type", "resource_condition.task_id", "export_format", "app_type"]
+
+
+def test_validate_create_resolves_the_scope(rig):
+    assert rig.service.validate_create(request("ab12")) == ("GLOBAL", None)
+    assert rig.service.validate_create(request("ab12", export_format="xls", app_type="GLOBAL")) == ("GLOBAL", None)
+    assert rig.service.validate_create(request("ab12", app_type="APP")) == ("APP", "default")
+    assert rig.service.validate_create(request("ab12", app_type="APP", app_id="a-1")) == ("APP", "a-1")
+    assert rig.service.validate_create(request("ab12", request_id="r" * 64)) == ("GLOBAL", None)
+
+
+# -- create: what is created, scope, idempotency -------------------------------------------------
+
+def test_a_create_makes_one_queued_task_with_its_conditions(rig):
+    caller = rig.caller()
+    batch = rig.batch(caller)
+    t = rig.service.create(caller, request(batch))
+    assert (t.status, t.progress, t.export_count, t.run_state, t.attempts, t.version) == \
+        (rules.STATUS_PROCESSING, rules.PROGRESS_QUEUED, 0, "queued", 0, 1)
+    assert (t.owner, t.project_id, t.instance_id, t.batch_task_id, t.export_format, t.app_type, t.app_id) == \
+        (caller.owner, caller.project_id, "", batch, "xls", "GLOBAL", None)
+    assert (t.create_time, t.queued_at, t.end_time, t.file_generation) == (rig.now[0], rig.now[0], None, 0)
+    assert rig.store.reader().export_task(t.export_task_id) == t
+    assert rig.changed == [t.export_task_id]
+
+
+def test_conditions_that_differ_in_scope_are_other_tasks(rig):
+    caller = rig.caller()
+    batch = rig.batch(caller)
+    a = rig.service.create(caller, request(batch))
+    b = rig.service.create(caller, request(batch, app_type="APP"))
+    c = rig.service.create(caller, request(batch, app_type="APP", app_id="default"))
+    assert a.export_task_id != b.export_task_id and b.export_task_id == c.export_task_id
+    assert (b.app_type, b.app_id) == ("APP", "default")
+
+
+def test_a_batch_task_of_another_app_project_or_instance_is_not_found(rig):
+    caller = rig.caller()
+    in_app = seed_batch_task(rig.store, caller.project_id, "", 2, app_id="app_a", seed=1)
+    with pytest.raises(BatchTaskNotFound):
+        rig.service.create(caller, request(in_app, app_type="APP"))  # APP without app_id: the default app
+    with pytest.raises(BatchTaskNotFound):
+        rig.service.create(caller, request(in_app, app_type="APP", app_id="app_b"))
+    assert rig.service.create(caller, request(in_app, app_type="APP", app_id="app_a")).app_id == "app_a"
+    other = rig.caller()
+    with pytest.raises(BatchTaskNotFound):
+        rig.service.create(other, request(in_app))
+    elsewhere = dataclasses.replace(caller, instance_id="inst-1")
+    with pytest.raises(BatchTaskNotFound):
+        rig.service.create(elsewhere, request(in_app))
+    with pytest.raises(BatchTaskNotFound):
+        rig.service.create(caller, request("ab" * 12))
+
+
+def test_a_same_conditions_create_while_processing_is_the_same_run(rig):
+    caller = rig.caller()
+    batch = rig.batch(caller)
+    t = rig.service.create(caller, request(batch))
+    rig.now[0] += 5000
+    again = rig.service.create(caller, request(batch))
+    assert again == t  # not re-queued: same create time, version, attempts
+    assert rig.unfinished(caller) == 1
+
+
+def test_a_rerun_resets_the_run_and_keeps_the_file(rig):
+    caller = rig.caller()
+    batch = rig.batch(caller)
+    done = rig.finish(caller, rig.service.create(caller, request(batch)), succeed=True)
+    rig.now[0] += 5000
+    rerun = rig.service.create(caller, request(batch))
+    assert rerun.export_task_id == done.export_task_id
+    assert (rerun.status, rerun.status_desc, rerun.progress, rerun.export_count, rerun.end_time, rerun.run_state,
+            rerun.run_token, rerun.attempts, rerun.worker_id, rerun.lease_until) == \
+        (rules.STATUS_PROCESSING, None, rules.PROGRESS_QUEUED, 0, None, "queued", None, 0, None, None)
+    assert rerun.create_time == rerun.queued_at == rig.now[0]
+    assert rerun.file_generation == done.file_generation and rerun.file_size == done.file_size
+    assert rig.total(caller) == 1
+
+
+def test_a_request_id_returns_the_first_result_and_refuses_other_conditions(rig):
+    caller = rig.caller()
+    a, b = rig.batch(caller, 2), rig.batch(caller, 3)
+    first = rig.service.create(caller, request(a, request_id="req-1"))
+    rig.changed.clear()
+    assert rig.service.create(caller, request(a, request_id="req-1")) == first
+    with pytest.raises(InvalidArgument) as info:
+        rig.service.create(caller, request(b, request_id="req-1"))
+    assert fields(info.value) == ["request_id"]
+    # Another user's request ids are their own.
+    other = rig.caller()
+    ob = rig.batch(other, 2)
+    assert rig.service.create(other, request(ob, request_id="req-1")).export_task_id != first.export_task_id
+    # A request id whose task was deleted is a new create.
+    rig.service.delete(caller, first.export_task_id)
+    assert rig.service.create(caller, request(a, request_id="req-1")).export_task_id != first.export_task_id
+
+
+def test_the_unfinished_limit_is_exactly_five(rig):
+    caller = rig.caller()
+    made = [rig.service.create(caller, request(rig.batch(caller, 2 + i))) for i in range(rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER)]
+    with pytest.raises(QuotaExceeded) as info:
+        rig.service.create(caller, request(rig.batch(caller, 20)))
+    e = info.value
+    assert (e.limit, e.quota_id, e.subject, e.error_code) == (5, "unfinished-export-tasks-per-user",
+                                                              f"user:{caller.owner}", "IOTDA.018002")
+    rig.service.cancel(caller, made[0].export_task_id)
+    rig.service.create(caller, request(rig.batch(caller, 21)))
+
+
+def test_eviction_removes_the_file_after_the_commit_and_announces_it(rig):
+    from test_rule_races import _insert_finished
+    caller = rig.caller()
+    old = _insert_finished(rig, caller, rules.MAX_EXPORT_TASKS_PER_USER)
+    rig.changed.clear()
+    new = rig.service.create(caller, request(rig.batch(caller)))
+    assert rig.changed == [old[0].export_task_id, new.export_task_id]
+    assert not rig.files.path(old[0].export_task_id).exists() and rig.files.path(old[1].export_task_id).exists()
+    assert rig.total(caller) == rules.MAX_EXPORT_TASKS_PER_USER
+
+
+# -- cancel, delete, visibility ------------------------------------------------------------------
+
+def test_cancel_fails_an_unfinished_task_and_leaves_a_finished_one(rig):
+    caller = rig.caller()
+    t = rig.service.create(caller, request(rig.batch(caller)))
+    rig.now[0] += 1000
+    rig.changed.clear()
+    c = rig.service.cancel(caller, t.export_task_id)
+    assert (c.status, c.status_desc, c.end_time, c.run_state, c.run_token, c.worker_id, c.lease_until) == \
+        (rules.STATUS_FAILED, "cancelled", rig.now[0], "done", None, None, None)
+    assert rig.changed == [t.export_task_id]
+    rig.now[0] += 1000
+    assert rig.service.cancel(caller, t.export_task_id) == c  # finished: unchanged
+    with pytest.raises(InvalidArgument):
+        rig.service.cancel(caller, "not/an/id")
+
+
+def test_delete_removes_the_row_and_the_file(rig):
+    caller = rig.caller()
+    t = rig.finish(caller, rig.service.create(caller, request(rig.batch(caller))), succeed=True)
+    assert rig.files.path(t.export_task_id).exists()
+    rig.changed.clear()
+    rig.service.delete(caller, t.export_task_id)
+    assert rig.store.reader().export_task(t.export_task_id) is None
+    assert not rig.files.path(t.export_task_id).exists() and rig.changed == [t.export_task_id]
+    with pytest.raises(ExportTaskNotFound):
+        rig.service.delete(caller, t.export_task_id)
+    with pytest.raises(InvalidArgument):
+        rig.service.delete(caller, "")
+
+
+@pytest.mark.parametrize("who", ["other user", "same user, other project", "same user, other instance"])
+def test_a_task_is_visible_only_to_its_owner_in_its_project_and_instance(rig, who):
+    caller = rig.caller()
+    t = rig.finish(caller, rig.service.create(caller, request(rig.batch(caller))), succeed=True)
+    if who == "other user":
+        stranger = dataclasses.replace(rig.caller(), project_id=caller.project_id)
+    elif who == "same user, other project":
+        stranger = dataclasses.replace(caller, project_id="another-project")
+    else:
+        stranger = dataclasses.replace(caller, instance_id="inst-2")
+    for call in (lambda: rig.service.get(stranger, t.export_task_id),
+                 lambda: rig.service.cancel(stranger, t.export_task_id),
+                 lambda: rig.service.delete(stranger, t.export_task_id),
+                 lambda: rig.service.admit_download(stranger, t.export_task_id, 0, 0)):
+        with pytest.raises(ExportTaskNotFound):
+            call()
+    assert rig.store.reader().export_task(t.export_task_id) == t
+    assert rig.store.reader().download_limit(stranger.owner) is None
+    assert rig.service.get(caller, t.export_task_id) == t
+
+
+# -- download admission --------------------------------------------------------------------------
+
+def _done(rig, caller):
+    t = rig.finish(caller, rig.service.create(caller, request(rig.batch(caller))), succeed=True)
+    assert t.file_size == 22
+    return t
+
+
+def _admit(rig, caller, t, offset=0, limit=0):
+    d = rig.service.admit_download(caller, t.export_task_id, offset, limit)
+    data = d.file.read()
+    d.file.close()
+    return d, data
+
+
+def test_admission_checks_fields_before_anything(rig):
+    caller = rig.caller()
+    t = _done(rig, caller)
+    with pytest.raises(InvalidArgument) as info:
+        rig.service.admit_download(caller, "bad id", -1, -1)
+    assert fields(info.value) == ["export_task_id", "offset", "limit"]
+    for offset, limit, field in ((-1, 0, "offset"), (0, -1, "limit")):
+        with pytest.raises(InvalidArgument) as info:
+            rig.service.admit_download(caller, t.export_task_id, offset, limit)
+        assert fields(info.value) == [field]
+    assert rig.store.reader().download_limit(caller.owner) is None
+
+
+def test_a_download_before_success_or_past_the_end_is_refused_and_not_counted(rig):
+    caller = rig.caller()
+    t = _done(rig, caller)
+    queued = rig.service.create(caller, request(rig.batch(caller, 9)))
+    with pytest.raises(FailedPrecondition) as info:
+        rig.service.admit_download(caller, queued.export_task_id, 0, 0)
+    assert (info.value.violation_type, info.value.error_code) == ("NOT_SUCCEEDED", "IOTDA.018004")
+    with pytest.raises(OutOfRange):
+        rig.service.admit_download(caller, t.export_task_id, 23, 0)
+    assert rig.store.reader().download_limit(caller.owner) is None
+    d, data = _admit(rig, caller, t, offset=22)  # the very end: admitted, nothing left to send
+    assert (d.offset, d.length, data[d.offset:]) == (22, 0, b"")
+
+
+def test_admitted_download_has_the_file_its_range_and_its_name(rig):
+    caller = rig.caller()
+    t = _done(rig, caller)
+    d, data = _admit(rig, caller, t, offset=0, limit=5)
+    assert (d.offset, d.length, d.file_name, d.task.export_task_id) == (0, 5, f"export-{t.export_task_id}.zip",
+                                                                       t.export_task_id)
+    assert data == rig.files.path(t.export_task_id).read_bytes()
+    mark = rig.store.reader().download_limit(caller.owner)
+    assert (mark.last_at, mark.export_task_id, mark.file_generation, mark.resume_offset, mark.resumes) == \
+        (rig.now[0], t.export_task_id, t.file_generation, 0, 0)
+    rig.now[0] += WINDOW_MS
+    d, _ = _admit(rig, caller, t, offset=3, limit=100)
+    assert (d.offset, d.length) == (3, 19)  # the limit is cut to the file
+
+
+def test_the_window_is_thirty_seconds_to_the_millisecond(rig):
+    caller = rig.caller()
+    t = _done(rig, caller)
+    _admit(rig, caller, t)
+    start = rig.now[0]
+    rig.now[0] = start + WINDOW_MS - 1
+    with pytest.raises(RateLimited) as info:
+        _admit(rig, caller, t)
+    assert info.value.retry_after == pytest.approx(0.001)
+    assert (info.value.quota_id, info.value.subject, info.value.error_code) == \
+        ("downloads-per-user-per-30s", f"user:{caller.owner}", "IOTDA.018003")
+    rig.now[0] = start + WINDOW_MS
+    _admit(rig, caller, t)
+
+
+def test_a_resume_is_free_only_for_the_same_file_further_on_within_limits(rig):
+    caller = rig.caller()
+    t, u = _done(rig, caller), _done(rig, caller)
+    rig.now[0] += WINDOW_MS
+    _admit(rig, caller, t)
+    rig.now[0] += 1000
+    for offset, task in ((0, t), (5, u)):  # a full download again; another file
+        with pytest.raises(RateLimited):
+            _admit(rig, caller, task, offset=offset)
+    _admit(rig, caller, t, offset=5)
+    with pytest.raises(RateLimited):
+        _admit(rig, caller, t, offset=5)  # not further on
+    _admit(rig, caller, t, offset=6)
+    _admit(rig, caller, t, offset=7)
+    mark = rig.store.reader().download_limit(caller.owner)
+    assert (mark.resumes, mark.resume_offset) == (rules.DOWNLOAD_FREE_RESUMES, 7)
+    with pytest.raises(RateLimited):
+        _admit(rig, caller, t, offset=8)  # a 4th resume counts
+    # The resume window: 600 s after the counted download a resume counts again.
+    rig.now[0] += WINDOW_MS
+    _admit(rig, caller, t)  # counted again (a new window)
+    counted = rig.now[0]
+    rig.now[0] = counted + RESUME_WINDOW_MS - 1
+    _admit(rig, caller, t, offset=2)  # still a resume (and the 30 s are long over anyway)
+    rig.now[0] = counted + RESUME_WINDOW_MS
+    d, _ = _admit(rig, caller, t, offset=3)  # past the resume window: a counted download
+    mark = rig.store.reader().download_limit(caller.owner)
+    assert (mark.last_at, mark.resumes) == (rig.now[0], 0)
+    rig.now[0] += 1000
+    with pytest.raises(RateLimited):
+        _admit(rig, caller, t, offset=0)
+
+
+def test_a_resume_after_the_file_changed_counts(rig):
+    caller = rig.caller()
+    t = _done(rig, caller)
+    rig.now[0] += WINDOW_MS
+    _admit(rig, caller, t)
+    rig.now[0] += 1000
+    rig.service.create(caller, request(t.batch_task_id))  # re-run
+    t2 = rig.finish(caller, rig.store.reader().export_task(t.export_task_id), succeed=True)
+    assert t2.file_generation == t.file_generation + 1
+    with pytest.raises(RateLimited):
+        _admit(rig, caller, t2, offset=5)
+
+
+def test_a_missing_file_is_a_precondition_and_not_counted(rig):
+    caller = rig.caller()
+    t = _done(rig, caller)
+    rig.files.path(t.export_task_id).unlink()
+    with pytest.raises(FailedPrecondition) as info:
+        rig.service.admit_download(caller, t.export_task_id, 0, 0)
+    assert info.value.violation_type == "FILE_MISSING"
+    assert rig.store.reader().download_limit(caller.owner) is None
+
+
+def test_services_share_nothing_but_the_store(tmp_path):
+    """Two services (two API processes) on one store: the second sees the first's download."""
+    (tmp_path / "d").mkdir()
+    store = open_store(tmp_path / "d")
+    files = ResultFiles(tmp_path / "f")
+    rig = Rig(store, files, "sqlite")
+    caller = rig.caller()
+    t = _done(rig, caller)
+    _admit(rig, caller, t)
+    other = ExportService(store, files, clock=lambda: rig.now[0] + 1000)
+    with pytest.raises(RateLimited):
+        other.admit_download(caller, t.export_task_id, 0, 0)
+    store.close()
+    assert isinstance(caller, Caller)
