@@ -31,6 +31,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -45,27 +46,50 @@ PY = sys.executable
 
 
 @dataclass(frozen=True)
+class Group:
+    functions: tuple[str, ...]  # qualified names (or module constants) mutated; ("*",): all not in another group
+    tests: tuple[str, ...]  # pytest arguments for these mutants: fast, in-process, the tests that prove them
+    ci: bool = True  # with its target, part of the CI subset
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     module: str  # path from the repository root
-    tests: tuple[str, ...]  # pytest arguments: files or node ids, fast and in-process where possible
-    functions: tuple[str, ...] = ()  # qualified names mutated; empty: the whole module
-    ci: bool = False  # part of the CI subset
+    groups: tuple[Group, ...]
+    ci: bool = False  # part of the CI subset (make test)
     timeout: float = 300.0  # per mutant (a mutant that hangs the tests counts as killed)
 
 
+BOTH = ("tests/test_mutation_rules.py", "tests/test_rule_races.py")
 # -- the one list of mutated modules -----------------------------------------------------------
 TARGETS: tuple[Target, ...] = (
-    Target("exports", "server/iotda_export_server/domain/exports.py",
-           tests=("tests/test_rule_races.py", "tests/test_mutation_rules.py"),
-           functions=("ExportService.validate_create", "ExportService.create", "ExportService.cancel",
-                      "ExportService.delete", "ExportService.admit_download", "_visible"),
-           ci=True),
-    Target("rules", "server/iotda_export_server/domain/rules.py",
-           tests=("tests/test_rule_races.py", "tests/test_mutation_rules.py"), ci=True),
-    Target("auth", "server/iotda_export_server/domain/auth.py", tests=("tests/test_auth.py",)),
-    Target("validation", "server/iotda_export_server/domain/validation.py", tests=("tests/test_validation.py",)),
+    Target("exports", "server/iotda_export_server/domain/exports.py", ci=True, groups=(
+        Group(("ExportService.validate_create", "ExportService.create"),
+              (*BOTH, "-k", "(create or rerun or request_id or unfinished_limit or eviction or conditions or"
+                            " batch_task or scope) and not postgresql and not download")),
+        Group(("ExportService.admit_download",),
+              (*BOTH, "-k", "(admission or admitted or download or window or resume or missing_file or services)"
+                            " and not postgresql")),
+        Group(("ExportService.cancel", "ExportService.delete", "_visible"),
+              ("tests/test_mutation_rules.py", "-k", "cancel or delete or visible")),
+    )),
+    Target("rules", "server/iotda_export_server/domain/rules.py", ci=True, groups=(
+        Group(("MAX_EXPORT_TASKS_PER_USER", "MAX_UNFINISHED_EXPORT_TASKS_PER_USER", "DOWNLOAD_INTERVAL_SECONDS",
+               "DOWNLOAD_FREE_RESUMES", "DOWNLOAD_RESUME_WINDOW_SECONDS", "STATUS_PROCESSING", "STATUS_SUCCESS",
+               "STATUS_FAILED", "APP_TYPE_GLOBAL", "APP_TYPE_APP", "DEFAULT_APP_ID", "PROGRESS_QUEUED"),
+              (*BOTH, "-k", "not postgresql")),
+        Group(("*",), ("tests/test_validation.py", "tests/test_batch_tasks.py", "tests/test_watch_progress.py",
+                       "-k", "not replicas and not thousands"), ci=False),
+    )),
+    Target("auth", "server/iotda_export_server/domain/auth.py", groups=(
+        Group(("*",), ("tests/test_auth.py",)),
+    )),
+    Target("validation", "server/iotda_export_server/domain/validation.py", groups=(
+        Group(("*",), ("tests/test_validation.py",)),
+    )),
 )
+
 
 # Operators not run: they make mutants that say nothing about these modules (bit and power arithmetic
 # on counters, decorators of dataclasses, inserting or swapping unrelated variables, unary +/-/~).
@@ -115,7 +139,14 @@ def _qualnames(source: str) -> list[tuple[int, int, str]]:
             else:
                 visit(child, prefix)
 
-    visit(ast.parse(source), "")
+    tree = ast.parse(source)
+    visit(tree, "")
+    for node in tree.body:  # module-level constants are named by what they assign
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+            if names:
+                out.append((node.lineno, node.end_lineno, ",".join(names)))
     return out
 
 
@@ -143,29 +174,43 @@ def _env(copy: pathlib.Path) -> dict:
     return env
 
 
-def _test_command(target: Target) -> str:
-    return " ".join([PY, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *target.tests])
+def _test_command(group: Group) -> str:
+    return shlex.join([PY, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *group.tests])
 
 
-def run_target(target: Target, copy: pathlib.Path, work: pathlib.Path) -> TargetResult:
+def run_target(target: Target, copy: pathlib.Path, work: pathlib.Path, ci_only: bool = False) -> TargetResult:
+    started = time.monotonic()
+    result = TargetResult(target)
+    named = {f for g in target.groups for f in g.functions if f != "*"}
+    for index, group in enumerate(target.groups):
+        if ci_only and not group.ci:
+            continue
+        result.mutants += _run_group(target, index, group, named, copy, work)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _run_group(target: Target, index: int, group: Group, named: set[str], copy: pathlib.Path,
+               work: pathlib.Path) -> list[Mutant]:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
-    started = time.monotonic()
     env = _env(copy)
+    command = _test_command(group)
     # The tests must pass on the unmutated code, or every mutant would look killed.
-    clean = subprocess.run(_test_command(target), shell=True, cwd=copy, env=env, capture_output=True, text=True)
-    if clean.returncode != 0:
-        raise SystemExit(f"[mutate] {target.name}: the tests fail without any mutant:\n{clean.stdout[-3000:]}")
+    clean = subprocess.run(shlex.split(command), cwd=copy, env=env, capture_output=True, text=True)
+    if clean.returncode != 0 or " passed" not in clean.stdout:
+        raise SystemExit(f"[mutate] {target.name}: the tests fail (or none ran) without any mutant:"
+                         f" {command}\n{clean.stdout[-3000:]}")
 
-    config = work / f"{target.name}.toml"
-    session = work / f"{target.name}.sqlite"
+    config = work / f"{target.name}-{index}.toml"
+    session = work / f"{target.name}-{index}.sqlite"
     config.write_text(
         "[cosmic-ray]\n"
         f"module-path = {json.dumps(target.module)}\n"
         f"timeout = {target.timeout}\n"
         "excluded-modules = []\n"
-        f"test-command = {json.dumps(_test_command(target))}\n"
+        f"test-command = {json.dumps(command)}\n"
         "[cosmic-ray.distributor]\n"
         'name = "local"\n')
     subprocess.run([PY, "-m", "cosmic_ray.cli", "init", str(config), str(session), "--force"], cwd=copy, env=env,
@@ -184,35 +229,31 @@ def run_target(target: Target, copy: pathlib.Path, work: pathlib.Path) -> Target
             m = item.mutations[0]
             line = m.start_pos[0]
             where = _enclosing(spans, line)
-            skip = (target.functions and where not in target.functions) or any(p.search(m.operator_name)
-                                                                                 for p in excluded)
-            if skip:
+            mine = where not in named if group.functions == ("*",) else where in group.functions
+            if not mine or any(p.search(m.operator_name) for p in excluded):
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
                 continue
             text = hashlib.sha1(lines[line - 1].strip().encode()).hexdigest()[:8]
             base = f"{target.name}:{where}:{m.operator_name.removeprefix('core/')}:{text}"
             seen[base] = seen.get(base, -1) + 1
             ids[item.job_id] = (f"{base}:{seen[base]}", m.operator_name, line)
-    print(f"[mutate] {target.name}: {len(ids)} mutants ({target.module}"
-          f"{', ' + ', '.join(target.functions) if target.functions else ''}); tests: {' '.join(target.tests)}",
-          flush=True)
+    print(f"[mutate] {target.name} ({', '.join(group.functions)}): {len(ids)} mutants; tests: {command}", flush=True)
     if os.environ.get("IOTDA_MUTATE_COUNT_ONLY"):
-        return TargetResult(target, seconds=time.monotonic() - started)
+        return []
     subprocess.run([PY, "-m", "cosmic_ray.cli", "exec", str(config), str(session)], cwd=copy, env=env, check=True)
 
-    result = TargetResult(target)
-    with use_db(str(session), WorkDB.Mode.open) as db:
-        for job_id, r in db.results:
-            if job_id not in ids:
-                continue
-            mutant_id, operator, line = ids[job_id]
-            outcome = r.test_outcome.value if r.test_outcome is not None else r.worker_outcome.value
-            result.mutants.append(Mutant(mutant_id, operator, line, outcome, r.diff or ""))
-    missing = set(ids) - {job for job, _ in _results(session)}
-    if missing:
-        raise SystemExit(f"[mutate] {target.name}: {len(missing)} mutants were not run")
-    result.seconds = time.monotonic() - started
-    return result
+    mutants = []
+    done = set()
+    for job_id, r in _results(session):
+        done.add(job_id)
+        if job_id not in ids:
+            continue
+        mutant_id, operator, line = ids[job_id]
+        outcome = r.test_outcome.value if r.test_outcome is not None else r.worker_outcome.value
+        mutants.append(Mutant(mutant_id, operator, line, outcome, r.diff or ""))
+    if set(ids) - done:
+        raise SystemExit(f"[mutate] {target.name}: {len(set(ids) - done)} mutants were not run")
+    return mutants
 
 
 def _results(session: pathlib.Path):
@@ -238,7 +279,7 @@ def main(argv=None) -> int:
         work.mkdir()
         _copy_tree(copy)
         for t in targets:
-            results.append(run_target(t, copy, work))
+            results.append(run_target(t, copy, work, args.ci))
 
     killed_before = set(baseline["killed"])
     equivalent = baseline.get("equivalent", {})
