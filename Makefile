@@ -8,7 +8,7 @@ DATA_DIR ?= ./data
 GRPC_ADDR ?= 127.0.0.1:50051
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test fuzz venv protos check-protos lint breaking clean bench
+.PHONY: run test fuzz mutate venv protos check-protos lint breaking clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ run: $(STAMP)
 ## previous commit (scripts/check_breaking.py), every test (the Node.js client test needs npm ci).
 test: $(STAMP) $(NODE_STAMP) check-protos lint breaking
 	$(BIN)/python -m pytest
+	$(BIN)/python scripts/mutate.py --ci
+
+## Mutation testing of the rule modules (cosmic-ray, scripts/mutate.py; docs/testing.md): every target,
+## compared with mutation/baseline.json (tens of minutes). `make test` runs the CI subset.
+mutate: $(STAMP)
+	$(BIN)/python scripts/mutate.py
 
 ## The hostile-input tests with many more examples (minutes, not seconds).
 fuzz: $(STAMP)
