@@ -57,6 +57,7 @@ def fields(exc: InvalidArgument) -> list[str]:
     ({"task_id": "XYZ"}, "resource_condition.task_id"),
     ({"export_format": "csv"}, "export_format"),
     ({"app_type": "app"}, "app_type"),
+    ({"app_type": "zzz", "app_id": "a1"}, "app_type"),  # no second complaint about app_id's scope
     ({"app_type": "APP", "app_id": "a b"}, "app_id"),
     ({"app_id": "myapp"}, "app_id"),  # app_id with the GLOBAL (default) scope
     ({"app_type": "GLOBAL", "app_id": "myapp"}, "app_id"),
