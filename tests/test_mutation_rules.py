@@ -53,6 +53,7 @@ def fields(exc: InvalidArgument) -> list[str]:
 @pytest.mark.parametrize("kw, field", [
     ({"resource_type": ""}, "resource_type"),
     ({"resource_type": "Device"}, "resource_type"),
+    ({"resource_type": "Batch"}, "resource_type"),  # sorts before BatchTask: equality, not order
     ({"has_resource_condition": False}, "resource_condition"),
     ({"task_id": "XYZ"}, "resource_condition.task_id"),
     ({"export_format": "csv"}, "export_format"),
@@ -95,7 +96,7 @@ def test_a_create_makes_one_queued_task_with_its_conditions(rig):
     batch = rig.batch(caller)
     t = rig.service.create(caller, request(batch))
     assert (t.status, t.progress, t.export_count, t.run_state, t.attempts, t.version) == \
-        (rules.STATUS_PROCESSING, rules.PROGRESS_QUEUED, 0, "queued", 0, 1)
+        (rules.STATUS_PROCESSING, 1, 0, "queued", 0, 1)
     assert (t.owner, t.project_id, t.instance_id, t.batch_task_id, t.export_format, t.app_type, t.app_id) == \
         (caller.owner, caller.project_id, "", batch, "xls", "GLOBAL", None)
     assert (t.create_time, t.queued_at, t.end_time, t.file_generation) == (rig.now[0], rig.now[0], None, 0)
@@ -120,6 +121,9 @@ def test_a_batch_task_of_another_app_project_or_instance_is_not_found(rig):
         rig.service.create(caller, request(in_app, app_type="APP"))  # APP without app_id: the default app
     with pytest.raises(BatchTaskNotFound):
         rig.service.create(caller, request(in_app, app_type="APP", app_id="app_b"))
+    in_later_app = seed_batch_task(rig.store, caller.project_id, "", 2, app_id="zz_app", seed=2)
+    with pytest.raises(BatchTaskNotFound):  # another app, whichever sorts first
+        rig.service.create(caller, request(in_later_app, app_type="APP", app_id="app_a"))
     assert rig.service.create(caller, request(in_app, app_type="APP", app_id="app_a")).app_id == "app_a"
     other = rig.caller()
     with pytest.raises(BatchTaskNotFound):
@@ -150,7 +154,7 @@ def test_a_rerun_resets_the_run_and_keeps_the_file(rig):
     assert rerun.export_task_id == done.export_task_id
     assert (rerun.status, rerun.status_desc, rerun.progress, rerun.export_count, rerun.end_time, rerun.run_state,
             rerun.run_token, rerun.attempts, rerun.worker_id, rerun.lease_until) == \
-        (rules.STATUS_PROCESSING, None, rules.PROGRESS_QUEUED, 0, None, "queued", None, 0, None, None)
+        (rules.STATUS_PROCESSING, None, 1, 0, None, "queued", None, 0, None, None)
     assert rerun.create_time == rerun.queued_at == rig.now[0]
     assert rerun.file_generation == done.file_generation and rerun.file_size == done.file_size
     assert rig.total(caller) == 1
@@ -165,6 +169,9 @@ def test_a_request_id_returns_the_first_result_and_refuses_other_conditions(rig)
     with pytest.raises(InvalidArgument) as info:
         rig.service.create(caller, request(b, request_id="req-1"))
     assert fields(info.value) == ["request_id"]
+    rig.service.create(caller, request(b, request_id="req-2"))
+    with pytest.raises(InvalidArgument):  # and the other way round (any other conditions)
+        rig.service.create(caller, request(a, request_id="req-2"))
     # Another user's request ids are their own.
     other = rig.caller()
     ob = rig.batch(other, 2)
@@ -184,6 +191,24 @@ def test_the_unfinished_limit_is_exactly_five(rig):
                                                               f"user:{caller.owner}", "IOTDA.018002")
     rig.service.cancel(caller, made[0].export_task_id)
     rig.service.create(caller, request(rig.batch(caller, 21)))
+
+
+def test_a_user_already_past_the_limits_is_held_to_them(rig):
+    """Rows written before a limit existed (or imported) are not a way around it: more than 5
+    unfinished still refuses, more than 50 tasks are cut back to 50 by the next create."""
+    from test_rule_races import _insert_finished
+    caller = rig.caller()
+    old = _insert_finished(rig, caller, 55)
+    rig.service.create(caller, request(rig.batch(caller)))
+    assert rig.total(caller) == 50
+    assert all(rig.store.reader().export_task(t.export_task_id) is None for t in old[:6])
+    other = rig.caller()
+    extra = _insert_finished(rig, other, 6)
+    with rig.store.transaction() as tx:
+        for t in extra:
+            tx.update_export_task(t.export_task_id, status=rules.STATUS_PROCESSING, run_state="queued", end_time=None)
+    with pytest.raises(QuotaExceeded):
+        rig.service.create(other, request(rig.batch(other)))
 
 
 def test_eviction_removes_the_file_after_the_commit_and_announces_it(rig):
@@ -228,16 +253,24 @@ def test_delete_removes_the_row_and_the_file(rig):
         rig.service.delete(caller, "")
 
 
-@pytest.mark.parametrize("who", ["other user", "same user, other project", "same user, other instance"])
+@pytest.mark.parametrize("who", ["earlier user", "later user", "project before", "project after",
+                                 "instance before", "instance after", "no instance"])
 def test_a_task_is_visible_only_to_its_owner_in_its_project_and_instance(rig, who):
-    caller = rig.caller()
-    t = rig.finish(caller, rig.service.create(caller, request(rig.batch(caller))), succeed=True)
-    if who == "other user":
-        stranger = dataclasses.replace(rig.caller(), project_id=caller.project_id)
-    elif who == "same user, other project":
-        stranger = dataclasses.replace(caller, project_id="another-project")
-    else:
-        stranger = dataclasses.replace(caller, instance_id="inst-2")
+    """Strangers on both sides of the owner, its project and its instance, in any order they sort."""
+    earlier = rig.caller("a")  # users made before and after the owner, named before and after it
+    caller = dataclasses.replace(rig.caller("m"), instance_id="m-inst")
+    later = rig.caller("z")
+    batch = seed_batch_task(rig.store, caller.project_id, "m-inst", 2, seed=4)
+    t = rig.finish(caller, rig.service.create(caller, request(batch)), succeed=True)
+    stranger = {
+        "earlier user": dataclasses.replace(earlier, project_id=caller.project_id, instance_id="m-inst"),
+        "later user": dataclasses.replace(later, project_id=caller.project_id, instance_id="m-inst"),
+        "project before": dataclasses.replace(caller, project_id="0-project"),
+        "project after": dataclasses.replace(caller, project_id="zz-project"),
+        "instance before": dataclasses.replace(caller, instance_id="a-inst"),
+        "instance after": dataclasses.replace(caller, instance_id="z-inst"),
+        "no instance": dataclasses.replace(caller, instance_id=""),
+    }[who]
     for call in (lambda: rig.service.get(stranger, t.export_task_id),
                  lambda: rig.service.cancel(stranger, t.export_task_id),
                  lambda: rig.service.delete(stranger, t.export_task_id),
@@ -334,6 +367,8 @@ def test_a_resume_is_free_only_for_the_same_file_further_on_within_limits(rig):
     with pytest.raises(RateLimited):
         _admit(rig, caller, t, offset=5)  # not further on
     _admit(rig, caller, t, offset=6)
+    with pytest.raises(RateLimited):
+        _admit(rig, caller, t, offset=4)  # backwards: a re-download, not a resume
     _admit(rig, caller, t, offset=7)
     mark = rig.store.reader().download_limit(caller.owner)
     assert (mark.resumes, mark.resume_offset) == (FREE_RESUMES, 7)
@@ -346,12 +381,27 @@ def test_a_resume_is_free_only_for_the_same_file_further_on_within_limits(rig):
     rig.now[0] = counted + RESUME_WINDOW_MS - 1
     _admit(rig, caller, t, offset=2)  # still a resume (and the 30 s are long over anyway)
     rig.now[0] = counted + RESUME_WINDOW_MS
-    d, _ = _admit(rig, caller, t, offset=3)  # past the resume window: a counted download
+    d, _ = _admit(rig, caller, t, offset=3)  # at the end of the resume window: a counted download
     mark = rig.store.reader().download_limit(caller.owner)
     assert (mark.last_at, mark.resumes) == (rig.now[0], 0)
     rig.now[0] += 1000
     with pytest.raises(RateLimited):
         _admit(rig, caller, t, offset=0)
+    counted = mark.last_at
+    rig.now[0] = counted + RESUME_WINDOW_MS + 5000  # well past it: counted again, not a resume
+    _admit(rig, caller, t, offset=4)
+    assert rig.store.reader().download_limit(caller.owner).last_at == rig.now[0]
+
+
+def test_a_resume_of_another_file_counts_whichever_is_newer(rig):
+    caller = rig.caller()
+    older, newer = _done(rig, caller), _done(rig, caller)
+    for last, other in ((newer, older), (older, newer)):
+        rig.now[0] += WINDOW_MS
+        _admit(rig, caller, last)
+        rig.now[0] += 1000
+        with pytest.raises(RateLimited):
+            _admit(rig, caller, other, offset=5)
 
 
 def test_a_resume_after_the_file_changed_counts(rig):

@@ -49,8 +49,8 @@ class Rig:
         self.service = ExportService(store, files, clock=lambda: self.now[0])
         self.jobs = ExportJobs(store, files, clock=lambda: self.now[0])
 
-    def caller(self) -> Caller:
-        name = f"race-{secrets.token_hex(4)}"
+    def caller(self, prefix: str = "race") -> Caller:
+        name = f"{prefix}-{secrets.token_hex(4)}"
         add_principal(self.store, name, secrets.token_hex(16))
         principal = self.store.reader().principal_by("user", name)
         return Caller(principal=principal, project_id=principal.project_id, instance_id="")
