@@ -81,14 +81,16 @@ TARGETS: tuple[Target, ...] = (
                "DOWNLOAD_FREE_RESUMES", "DOWNLOAD_RESUME_WINDOW_SECONDS", "STATUS_PROCESSING", "STATUS_SUCCESS",
                "STATUS_FAILED", "APP_TYPE_GLOBAL", "APP_TYPE_APP", "DEFAULT_APP_ID", "PROGRESS_QUEUED"),
               (*BOTH, "-k", "not postgresql")),
-        Group(("*",), ("tests/test_validation.py", "tests/test_batch_tasks.py", "tests/test_watch_progress.py",
-                       "-k", "not replicas and not thousands"), ci=False),
+        Group(("*",), ("tests/test_mutation_rules.py", "tests/test_validation.py", "tests/test_batch_tasks.py"),
+              ci=False),
     )),
     Target("auth", "server/iotda_export_server/domain/auth.py", groups=(
-        Group(("*",), ("tests/test_auth.py",)),
+        Group(("*",), ("tests/test_mutation_rules.py", "tests/test_auth.py", "-k",
+                       "test_auth or credentials or statements or vouches")),
     )),
     Target("validation", "server/iotda_export_server/domain/validation.py", groups=(
-        Group(("*",), ("tests/test_validation.py",)),
+        Group(("*",), ("tests/test_mutation_rules.py", "tests/test_validation.py", "-k",
+                       "test_validation or paging or instance_id or create_names")),
     )),
 )
 

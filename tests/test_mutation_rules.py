@@ -48,6 +48,29 @@ def fields(exc: InvalidArgument) -> list[str]:
     return [v.field for v in exc.violations]
 
 
+# -- the numbers ---------------------------------------------------------------------------------
+
+def test_rules_are_the_documented_numbers():
+    """rules.py's numbers against their sources, written out. Behaviour tests elsewhere read some of
+    these constants (list paging, batch sizes), so a changed constant would move test and code
+    together; this pins them to where they come from."""
+    # The platform's pages (shared/reference/iotda-facts.md): export quotas, download rate, paging,
+    # batch targets.
+    assert (rules.MAX_EXPORT_TASKS_PER_USER, rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER) == (50, 5)
+    assert rules.DOWNLOAD_INTERVAL_SECONDS == 30.0
+    assert (rules.LIST_LIMIT_MIN, rules.LIST_LIMIT_MAX, rules.LIST_LIMIT_DEFAULT, rules.LIST_OFFSET_MAX) == (1, 50, 10, 500)
+    assert rules.MARKER_DEFAULT == "ffffffffffffffffffffffff"
+    assert rules.MAX_BATCH_TARGETS == 30_000
+    # Ours (README "Rules", the proto's comments): progress, retries, resumes, the result call's size,
+    # gRPC chunks well under the 4 MiB default, the heartbeat the proto promises.
+    assert (rules.PROGRESS_QUEUED, rules.PROGRESS_MAX_RUNNING, rules.PROGRESS_DONE) == (1, 99, 100)
+    assert rules.MAX_EXPORT_ATTEMPTS == 3
+    assert (rules.DOWNLOAD_FREE_RESUMES, rules.DOWNLOAD_RESUME_WINDOW_SECONDS) == (3, 600.0)
+    assert rules.MAX_RECORDED_RESULTS_PER_CALL == 10_000
+    assert rules.DOWNLOAD_CHUNK_BYTES == 65_536
+    assert rules.WATCH_HEARTBEAT_SECONDS == 15.0
+
+
 # -- create: validation ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw, field", [
@@ -363,10 +386,10 @@ def test_a_resume_is_free_only_for_the_same_file_further_on_within_limits(rig):
     for offset, task in ((0, t), (5, u)):  # a full download again; another file
         with pytest.raises(RateLimited):
             _admit(rig, caller, task, offset=offset)
+    _admit(rig, caller, t, offset=1)  # from the second byte on: a resume
     _admit(rig, caller, t, offset=5)
     with pytest.raises(RateLimited):
         _admit(rig, caller, t, offset=5)  # not further on
-    _admit(rig, caller, t, offset=6)
     with pytest.raises(RateLimited):
         _admit(rig, caller, t, offset=4)  # backwards: a re-download, not a resume
     _admit(rig, caller, t, offset=7)
@@ -441,3 +464,82 @@ def test_services_share_nothing_but_the_store(tmp_path):
         other.admit_download(caller, t.export_task_id, 0, 0)
     store.close()
     assert isinstance(caller, Caller)
+
+
+# -- authorization (domain/auth.py) ----------------------------------------------------------------
+
+def test_new_credentials_have_their_documented_shapes():
+    import re
+    import time as _time
+
+    from iotda_export_server.domain import auth
+    before = int(_time.time() * 1000)
+    principal, token = auth.new_principal("someone", "p" * 32, auth.statements_for(["iotda:exporttasks:*"]))
+    after = int(_time.time() * 1000)
+    assert re.fullmatch(r"[0-9a-f]{64}", token)
+    assert re.fullmatch(r"[A-Z0-9]{20}", principal.ak) and re.fullmatch(r"[A-Za-z0-9]{40}", principal.sk)
+    assert before <= principal.created_at <= after  # milliseconds since the epoch
+    doc = auth.credentials_document(principal, token)
+    assert doc == {"user": "someone", "project_id": "p" * 32, "token": token, "ak": principal.ak,
+                   "sk": principal.sk, "enterprise_project_id": "0"}
+
+
+def test_statements_refuse_an_action_of_the_wrong_shape():
+    from iotda_export_server.domain import auth
+    for bad in (["iotda:exporttasks:create", "not an action"], ["exporttasks:create"], [""]):
+        with pytest.raises(InvalidArgument) as info:
+            auth.statements_for(bad)
+        assert fields(info.value) == ["actions"]
+    (s,) = auth.statements_for(["*", "iotda:batchtasks:query"], ["ep1"])
+    assert (s.effect, s.actions, s.enterprise_projects) == ("Allow", ("*", "iotda:batchtasks:query"), ("ep1",))
+
+
+def test_a_front_end_vouches_only_with_its_key_and_for_an_existing_user(tmp_path):
+    from iotda_export_server.app import add_principal
+    from iotda_export_server.domain.auth import Authenticator
+    from iotda_export_server.domain.errors import Unauthenticated
+    (tmp_path / "d").mkdir()
+    store = open_store(tmp_path / "d")
+    alice = add_principal(store, "alice", "p" * 32)
+    bob = add_principal(store, "bob", "q" * 32)
+    keyed, keyless = Authenticator(store, front_end_key="k" * 32), Authenticator(store, None)
+    assert keyed.authenticate("", vouched_user="alice", front_end_key="k" * 32).user == "alice"
+    # A wrong key or no key: the vouching is ignored, the token decides.
+    assert keyed.authenticate(bob["token"], vouched_user="alice", front_end_key="x" * 32).user == "bob"
+    assert keyless.authenticate(bob["token"], vouched_user="alice", front_end_key="k" * 32).user == "bob"
+    with pytest.raises(Unauthenticated):
+        keyed.authenticate("", vouched_user="alice", front_end_key="x" * 32)
+    # The right key without a vouched user: the token decides.
+    assert keyed.authenticate(alice["token"], vouched_user="", front_end_key="k" * 32).user == "alice"
+    with pytest.raises(Unauthenticated):  # vouched for, but removed since
+        keyed.authenticate(bob["token"], vouched_user="carol", front_end_key="k" * 32)
+    with pytest.raises(Unauthenticated):
+        keyed.authenticate("0" * 64)
+    store.close()
+
+
+# -- paging and field rules (domain/validation.py) --------------------------------------------------
+
+def test_paging_takes_the_documented_ranges_inclusive():
+    from iotda_export_server.domain import validation
+    from iotda_export_server.domain.errors import LimitOutOfRange
+    assert validation.paging(None, None, "") == (10, 0, "f" * 24)
+    for limit in (1, 2, 49, 50):
+        assert validation.paging(limit, None, "")[0] == limit
+    for offset in (0, 1, 499, 500):
+        assert validation.paging(None, offset, "")[1] == offset
+    for limit in (0, 51, -1):
+        with pytest.raises(LimitOutOfRange):
+            validation.paging(limit, None, "")
+    for offset in (-1, 501):
+        with pytest.raises(InvalidArgument) as info:
+            validation.paging(None, offset, "")
+        assert fields(info.value) == ["offset"]
+    assert validation.paging(None, None, "0" * 24)[2] == "0" * 24
+
+
+def test_instance_id_keeps_a_given_instance():
+    from iotda_export_server.domain import validation
+    assert validation.instance_id("") == "" and validation.instance_id("inst-1") == "inst-1"
+    with pytest.raises(InvalidArgument):
+        validation.instance_id("inst 1")
