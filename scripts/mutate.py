@@ -277,6 +277,16 @@ def _run_group(target: Target, index: int, group: Group, named: set[str], lanes:
     return mutants
 
 
+def compare(survivors: list[Mutant], baseline: dict) -> tuple[list[Mutant], list[Mutant]]:
+    """(regressions: survivors the baseline lists as killed, unexplained: survivors neither killed in
+    the baseline nor listed as equivalent)."""
+    killed_before = set(baseline.get("killed", ()))
+    equivalent = baseline.get("equivalent", {})
+    regressions = [m for m in survivors if m.id in killed_before]
+    unexplained = [m for m in survivors if m.id not in killed_before and m.id not in equivalent]
+    return regressions, unexplained
+
+
 def _results(session: pathlib.Path):
     from cosmic_ray.work_db import WorkDB, use_db
     with use_db(str(session), WorkDB.Mode.open) as db:
@@ -305,7 +315,6 @@ def main(argv=None) -> int:
         for t in targets:
             results.append(run_target(t, lanes, work, args.ci))
 
-    killed_before = set(baseline["killed"])
     equivalent = baseline.get("equivalent", {})
     regressions, unexplained, report = [], [], {}
     total_killed = total = 0
@@ -318,11 +327,9 @@ def main(argv=None) -> int:
         score = len(k) / max(len(k) + len(s) - len(eq), 1)
         print(f"[mutate] {r.target.name}: {len(k)} killed, {len(s)} survived ({len(eq)} equivalent);"
               f" score {score:.1%} of non-equivalent; {r.seconds:.0f} s")
-        for m in s:
-            if m.id in killed_before:
-                regressions.append(m)
-            elif m.id not in equivalent:
-                unexplained.append(m)
+        regressed, new = compare(s, baseline)
+        regressions += regressed
+        unexplained += new
         report[r.target.name] = {"killed": sorted(m.id for m in k), "survived": sorted(m.id for m in s),
                                  "seconds": round(r.seconds, 1)}
     LAST_RUN.parent.mkdir(exist_ok=True)
