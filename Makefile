@@ -9,7 +9,7 @@ DATA_DIR ?= ./data
 GRPC_ADDR ?= 127.0.0.1:50051
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test fuzz venv protos check-protos lint breaking clean bench openapi browser console-screenshot
+.PHONY: run test fuzz mutate venv protos check-protos lint breaking clean bench openapi browser console-screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ run: $(STAMP)
 ## the console's browser tests Debian's headless Chromium and axe-core).
 test: $(STAMP) $(NODE_STAMP) $(AXE_STAMP) browser check-protos lint breaking
 	$(BIN)/python -m pytest
+	$(BIN)/python scripts/mutate.py --ci
+
+## Mutation testing of the rule modules (cosmic-ray, scripts/mutate.py; docs/testing.md): every target,
+## compared with mutation/baseline.json (tens of minutes). `make test` runs the CI subset.
+mutate: $(STAMP)
+	$(BIN)/python scripts/mutate.py
 
 ## Debian's Chromium and chromedriver for the console's browser tests (tests/test_console.py),
 ## installed once: nothing happens when both are there.

@@ -227,3 +227,35 @@ def worker_process(server: ServerThread):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(5)
+
+
+# -- batch tasks whose every row the test knows ---------------------------------------------------
+
+def known_row(i: int) -> list[str]:
+    """Sub-task i of seed_known's batch task, as its export row (target, status, output, error code,
+    error message): mixed outcomes, text that looks like a formula, characters outside Latin-1."""
+    target = f"dev_{i:06d}"
+    if i % 10 == 3:
+        return [target, "Fail", "", "IOTDA.014016", f"Device {target} is offline."]
+    if i % 20 == 7:
+        return [target, "Stopped", "", "", ""]
+    return [target, "Success", f"=SUM({i};1) 温度 {i * 7 % 101}°C ✓", "", ""]
+
+
+def seed_known(user: User, n: int) -> tuple[str, list[list[str]]]:
+    """A batch task created and completed through the API with rows the test itself chose; returns its
+    id and the export's expected data rows in order (sub-tasks in target order), so an export can
+    be checked against what was seeded rather than against the store's own read-back."""
+    from iotda.export.v1 import batch_task_pb2 as bpb
+
+    rows = [known_row(i) for i in range(n)]
+    task = user.batches.CreateBatchTask(bpb.CreateBatchTaskRequest(
+        project_id=user.project_id, task_name="known_rows", task_type="createCommands",
+        targets=[r[0] for r in rows]), metadata=user.metadata).batchtask
+    for start in range(0, n, 10_000):
+        user.batches.RecordSubtaskResults(bpb.RecordSubtaskResultsRequest(
+            project_id=user.project_id, task_id=task.task_id, results=[
+                bpb.SubtaskResult(target=t, status=s, output=o,
+                                  error=bpb.SubtaskError(error_code=c, error_msg=m) if c else None)
+                for t, s, o, c, m in rows[start:start + 10_000]]), metadata=user.metadata)
+    return task.task_id, rows

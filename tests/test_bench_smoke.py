@@ -19,12 +19,13 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
     env.pop("IOTDA_EXPORT_DATABASE", None)
     out = tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     figures = [line for line in proc.stdout.splitlines() if line.startswith("- ")]
     names = " | ".join(figures)
     for expected in ("export throughput", "xls == naive", "create -> Success", "peak RSS", "WatchProgress",
-                     "GetExportTask p99", "GetExportTask throughput", "health p99 while anonymous"):
+                     "GetExportTask p99", "GetExportTask throughput", "health p99 while anonymous",
+                     "taken over after its worker's kill", "on the other replica"):
         assert expected in names, proc.stdout
     for line in figures:
         assert re.search(r"\| ratio \S", line), line  # every figure states its ratio (or "-")

@@ -15,6 +15,12 @@ as a zip holding one xls whose data rows (all sheets, minus one header per sheet
 export_count and the batch task's size; no `*.part` file is left; no user ever had more than 5
 unfinished exports (sampled from the database throughout).
 
+The quota is really pressed: each user has more distinct batch tasks (BATCHES_PER_USER) than the
+5-unfinished limit and creates faster than one worker finishes, so creates are refused by the quota
+(asserted: refused by quota > 0) and the "never more than 5" check can fail. A worker killed on
+PostgreSQL must have its runs taken over (a condition waited for with a deadline); how long that
+took is printed, and measured against the lease in `make bench` (bench/RESULTS.md), not asserted.
+
 Default: 4 kill rounds embedded, 3 worker kills on PostgreSQL (each test well under 60 s here).
 Longer: IOTDA_TORTURE_ROUNDS=30 .venv/bin/python -m pytest -q -s tests/test_crash_torture.py
 (the rounds of both tests; IOTDA_TORTURE_SEED fixes the random moments).
@@ -53,6 +59,15 @@ SEED = int(os.environ.get("IOTDA_TORTURE_SEED", str(random.SystemRandom().randra
 SIZES = (20, 700, 5_000, 25_000, 60_000)  # mixed: instant, short, and a few seconds under one worker
 LISTENING = re.compile(r"listening on (\S+) \(gRPC\)")
 UNFINISHED_LIMIT = rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER
+COPIES = 2  # each size twice (another seed: another batch task): each user has 10
+BATCHES_PER_USER = COPIES * len(SIZES)
+assert BATCHES_PER_USER > UNFINISHED_LIMIT  # else "never more than 5 unfinished" could not fail
+
+
+def user_batches(store, project_id: str, sizes, salt: int) -> list[tuple[str, int]]:
+    """Distinct batch tasks of the user (distinct conditions: distinct export tasks)."""
+    return [(seed_batch_task(store, project_id, "", n, seed=n + salt + 1000 * k), n)
+            for k in range(COPIES) for n in sizes]
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -222,8 +237,7 @@ def test_kill_9_the_embedded_server_repeatedly_loses_nothing(tmp_path):
     current = {"address": serve.address}
     store = open_store(data, None, migrate=False)
     users = [add_principal(store, f"torture-{i}", f"torture-project-{i}") for i in range(2)]
-    batches = {u["user"]: [(seed_batch_task(store, u["project_id"], "", n, seed=n + i), n)
-                           for i, n in enumerate(SIZES)] for u in users}
+    batches = {u["user"]: user_batches(store, u["project_id"], SIZES, i) for i, u in enumerate(users)}
     db_path = data / "iotda-export.db"
 
     def unfinished_per_user():
@@ -289,13 +303,13 @@ def test_kill_9_the_embedded_server_repeatedly_loses_nothing(tmp_path):
     assert creator.acked, "no create was acknowledged: the torture proved nothing"
     assert sampler.samples > 0
     assert sampler.max_unfinished <= UNFINISHED_LIMIT
+    assert creator.refused_quota > 0, "the quota was never pressed: the unfinished check proved nothing"
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------
 
 LEASE_SECONDS = 3
 PG_KILLS = max(3, ROUNDS - 1)
-SWEEP_SLACK_SECONDS = 3.0  # the supervisor sweeps every second; a busy 2-core machine gets a margin
 
 
 def test_kill_9_postgres_workers_repeatedly_loses_nothing(tmp_path):
@@ -308,8 +322,7 @@ def test_kill_9_postgres_workers_repeatedly_loses_nothing(tmp_path):
     try:
         store = open_store(tmp_path / "seeder", db.url, migrate=True)
         users = [add_principal(store, f"pg-torture-{i}", f"pg-torture-project-{i}") for i in range(2)]
-        batches = {u["user"]: [(seed_batch_task(store, u["project_id"], "", n, seed=n + i), n)
-                               for i, n in enumerate(SIZES[:4])] for u in users}
+        batches = {u["user"]: user_batches(store, u["project_id"], SIZES, i) for i, u in enumerate(users)}
         api = ps.serve("api", tmp_path, db.url, tmp_path / "api", files_dir, workers=0, lease_seconds=LEASE_SECONDS)
         procs.append(api)
         address = api.wait_line(ps.LISTENING).group(1)
@@ -341,6 +354,8 @@ def test_kill_9_postgres_workers_repeatedly_loses_nothing(tmp_path):
         creator.start()
         sampler.start()
         kills = 0
+        orphaned_runs = 0
+        takeovers: list[float] = []  # seconds from a kill until none of the victim's runs is running
         try:
             for _ in range(PG_KILLS):
                 time.sleep(rng.uniform(0.5, 2.5))
@@ -348,8 +363,19 @@ def test_kill_9_postgres_workers_repeatedly_loses_nothing(tmp_path):
                 victim = workers[i]
                 victim.kill(signal.SIGKILL)  # the worker command and its export process
                 victim.popen.wait(10)
+                killed_at = time.monotonic()
                 kills += 1
                 workers[i] = start_worker()
+
+                def victims_runs(pid=victim.pid) -> int:  # worker ids are host:<parent pid>:<n>
+                    return db.scalar("SELECT count(*) FROM export_tasks WHERE run_state = 'running'"
+                                     " AND worker_id LIKE %s", (f"%:{pid}:%",))
+                orphaned_runs += victims_runs()
+                # Its runs are taken over once their lease runs out: a condition, with a deadline far
+                # beyond the lease (the duration itself is a figure of `make bench`).
+                wait_for(lambda: victims_runs() == 0, LEASE_SECONDS + 60, interval=0.1,
+                         what=f"the runs of killed worker {victim.pid} to be taken over")
+                takeovers.append(time.monotonic() - killed_at)
             time.sleep(rng.uniform(0.5, 1.5))
         finally:
             creator.stop.set()
@@ -370,15 +396,15 @@ def test_kill_9_postgres_workers_repeatedly_loses_nothing(tmp_path):
               f" refused by quota {creator.refused_quota}; tasks {len(tasks)}: survived"
               f" {len(set(creator.acked) & set(tasks))}/{len(creator.acked)} acknowledged, Success"
               f" {figures['success']} (files verified), Failed {figures['failed']} {figures['failed_reasons']};"
-              f" max unfinished per user {sampler.max_unfinished}; max lease overdue"
+              f" max unfinished per user {sampler.max_unfinished}; runs orphaned by the kills {orphaned_runs},"
+              f" taken over after {', '.join(f'{t:.1f}' for t in takeovers)} s; max lease overdue"
               f" {sampler.max_overdue_s:.1f} s ({sampler.samples} samples); {time.monotonic() - started:.1f} s")
         assert not creator.other_errors, creator.other_errors[:5]
         assert creator.lost == 0, "the API replica was never killed: no create may be lost"
         assert creator.acked
         assert sampler.samples > 0
         assert sampler.max_unfinished <= UNFINISHED_LIMIT
-        assert sampler.max_overdue_s <= LEASE_SECONDS + SWEEP_SLACK_SECONDS, (
-            f"a running export stayed {sampler.max_overdue_s:.1f} s past its lease")
+        assert creator.refused_quota > 0, "the quota was never pressed: the unfinished check proved nothing"
         for p in procs:
             if not p.exited():
                 assert p.stop(timeout=15) is None, f"{p.name} did not stop cleanly"

@@ -1,8 +1,11 @@
 """Load: many users at once against one in-process server (2 worker processes, SQLite).
 
 Each of USERS threads, for ROUND_SECONDS, repeatedly: creates a burst of exports of its small batch
-tasks (a burst may pass the 5-unfinished quota), watches each to its end, downloads one finished file
-(at most one download per user per 30 s, plus one immediate second try that must be refused), and lists.
+tasks (a burst of up to 7 distinct tasks passes the 5-unfinished quota), watches each to its end,
+downloads one finished file (at most one download per user per 30 s, plus one immediate second try
+that must be refused), and lists. Each user starts with HISTORY finished tasks, so its 7 distinct
+tasks take it past 50: the earliest are evicted and "never more than 50" can fail. Both quotas are
+shown to be pressed: creates refused by IOTDA.018002 > 0, and every user's list reaches 50.
 Only the documented refusals may occur: RESOURCE_EXHAUSTED with IOTDA.018002 (5 unfinished) or
 IOTDA.018003 (one download per 30 s); any other error fails the test. Every watched export must end
 Success and every download must be the complete zip.
@@ -29,13 +32,35 @@ import grpc
 
 from conftest import ServerThread, make_user, rpc_failure
 from iotda.export.v1 import export_task_pb2 as epb
+from iotda_export_server.domain import ids, rules
 from iotda_export_server.domain.batches import seed_batch_task
+from iotda_export_server.domain.model import Caller, ExportTask
 
 USERS = int(os.environ.get("IOTDA_LOAD_USERS", "10"))
 ROUND_SECONDS = float(os.environ.get("IOTDA_LOAD_SECONDS", "12"))
 FD_TOLERANCE = 8
 RSS_TOLERANCE_KIB = 24 * 1024
 DOCUMENTED = {("RESOURCE_EXHAUSTED", "IOTDA.018002"), ("RESOURCE_EXHAUSTED", "IOTDA.018003")}
+SIZES = (5, 20, 60, 150, 400)  # plus two per user: 7 distinct batch tasks each
+HISTORY = rules.MAX_EXPORT_TASKS_PER_USER - 4  # finished tasks each user starts with: 46 + 7 > 50
+QUOTA_REFUSED = "create RESOURCE_EXHAUSTED IOTDA.018002"
+
+
+def add_history(server, user, n: int) -> None:
+    """n finished export tasks of other batch tasks, earliest first, as if run long ago."""
+    principal = server.store.reader().principal_by("user", user.creds["user"])
+    owner = Caller(principal=principal, project_id=user.project_id, instance_id="").owner
+    start = ids.now_ms() - 86_400_000
+    with server.store.transaction(lock_key=owner) as tx:
+        for i in range(n):
+            batch = ids.new_id()
+            tx.insert_export_task(ExportTask(
+                export_task_id=ids.new_id(), owner=owner, project_id=user.project_id, instance_id="",
+                resource_type="BatchTask", batch_task_id=batch, export_format="xls", app_type="GLOBAL", app_id=None,
+                conditions_key=f'["{user.project_id}","","BatchTask","{batch}","xls","GLOBAL",null]',
+                status="Success", status_desc=None, progress=100, export_count=0, create_time=start + i,
+                end_time=start + i, version=3, run_state="done", run_token=None, attempts=1, worker_id=None,
+                lease_until=None, queued_at=start + i, file_generation=0, file_size=None, file_sha256=None))
 
 
 def fd_count() -> int:
@@ -55,6 +80,7 @@ class Stats:
         self.ok = Counter()
         self.refused = Counter()
         self.unexpected: list[str] = []
+        self.max_listed = 0  # the most tasks a user's list counted
 
     def add_ok(self, what: str, n: int = 1) -> None:
         with self.lock:
@@ -74,7 +100,7 @@ def user_loop(user, batches: list[tuple[str, int]], deadline: float, stats: Stat
     p, md, ex = user.project_id, user.metadata, user.exports
     while time.monotonic() < deadline:
         created = []
-        for batch_id, size in rng.sample(batches, k=rng.randint(2, 6)):
+        for batch_id, size in rng.sample(batches, k=rng.randint(3, len(batches))):
             try:
                 t = ex.CreateExportTask(epb.CreateExportTaskRequest(
                     project_id=p, resource_type="BatchTask", resource_condition=epb.ResourceCondition(task_id=batch_id)),
@@ -117,8 +143,10 @@ def user_loop(user, batches: list[tuple[str, int]], deadline: float, stats: Stat
                     stats.add_error("download", e)
         try:
             page = ex.ListExportTasks(epb.ListExportTasksRequest(project_id=p, limit=50), metadata=md, timeout=20)
-            if page.page.count > 50:
+            if page.page.count > rules.MAX_EXPORT_TASKS_PER_USER:
                 stats.unexpected.append(f"user holds {page.page.count} export tasks (> 50)")
+            with stats.lock:
+                stats.max_listed = max(stats.max_listed, page.page.count)
             stats.add_ok("list")
         except grpc.RpcError as e:
             stats.add_error("list", e)
@@ -153,9 +181,11 @@ def test_many_users_at_once_get_only_documented_refusals_and_resources_stay_flat
             batches = []
             for i, u in enumerate(users):
                 u.last_download = {}
-                sizes = [5, 20, 60, 150, 400, 50 + i, 10 + i]
+                sizes = [*SIZES, 50 + i, 10 + i]
                 batches.append([(seed_batch_task(server.store, u.project_id, "", n, seed=n + i), n) for n in sizes])
+                add_history(server, u, HISTORY)
             figures = []
+            quota_refused = 0
             for round_no in (1, 2):
                 started = time.monotonic()
                 stats = run_round(users, batches, ROUND_SECONDS, seed=round_no * 1000)
@@ -163,10 +193,14 @@ def test_many_users_at_once_get_only_documented_refusals_and_resources_stay_flat
                 figures.append((fds, rss))
                 print(f"\n[load] round {round_no}: {USERS} users, {time.monotonic() - started:.1f} s;"
                       f" ok {dict(stats.ok)}; documented refusals {dict(stats.refused)};"
-                      f" unexpected {len(stats.unexpected)}; server process fds {fds}, RSS {rss / 1024:.1f} MiB")
+                      f" unexpected {len(stats.unexpected)}; most tasks listed for a user {stats.max_listed};"
+                      f" server process fds {fds}, RSS {rss / 1024:.1f} MiB")
                 assert not stats.unexpected, stats.unexpected[:10]
+                assert stats.max_listed == rules.MAX_EXPORT_TASKS_PER_USER, "the 50-task cap was never reached"
+                quota_refused += stats.refused[QUOTA_REFUSED]
                 assert stats.ok["create"] > 0 and stats.ok["watch"] > 0 and stats.ok["list"] > 0
                 assert stats.ok["download"] > 0 or round_no == 2 and ROUND_SECONDS < 31
+            assert quota_refused > 0, "no create was refused by the 5-unfinished quota: it was never pressed"
             (fd1, rss1), (fd2, rss2) = figures
             print(f"[load] after warm-up vs after round 2: fds {fd1} -> {fd2} (tolerance +{FD_TOLERANCE}),"
                   f" RSS {rss1 / 1024:.1f} -> {rss2 / 1024:.1f} MiB (tolerance +{RSS_TOLERANCE_KIB / 1024:.0f} MiB)")

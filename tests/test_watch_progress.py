@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
 import threading
 import time
 
 import grpc
+import pytest
 
 from iotda.export.v1 import export_task_pb2 as epb
 from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
@@ -58,12 +60,11 @@ def test_a_worker_in_another_process_tells_watchers_without_waiting_for_the_poll
             export = _create(user, task_id)
             watch = Collector(user, export.export_task_id)
             wait_for(lambda: watch.events, timeout=10, what="the first event")
-            started = time.monotonic()
             with worker_process(server):
+                # The deadline (30 s) is below the 60 s poll: only a notice can end the stream in time.
                 wait_for(lambda: not watch.thread.is_alive(), timeout=30, what="the stream to end")
             assert watch.error is None
             assert watch.events[-1].export_task.status == "Success"
-            assert time.monotonic() - started < 30  # far below the 60 s poll
     finally:
         server.stop()
     assert not (tmp_path / "data" / SOCKET_NAME).exists()
@@ -204,14 +205,30 @@ def test_a_finished_run_report_waits_for_room_in_a_full_notice_queue(tmp_path):
         assert listener.start()
         announce = ChangeAnnouncer(tmp_path)
 
+        burst_sent = threading.Event()
+
         def worker() -> None:  # a burst of progress notices, then the run's report
             for _ in range(50):
                 announce("e" * 24)
+            burst_sent.set()
             announce.finished("e" * 24, "success", 1200, 0.25)
 
         sender = threading.Thread(target=worker)
         sender.start()
-        time.sleep(0.3)  # the loop is busy: nothing is read, the queue fills
+        # The loop is blocked here on purpose: nothing is read while the burst is sent.
+        assert burst_sent.wait(5), "the burst of notices was not sent"
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        probe.setblocking(False)
+        try:  # the queue is full: one more datagram does not fit (the report is waiting for room)
+            with pytest.raises(BlockingIOError):
+                probe.sendto(b"probe", str(tmp_path / SOCKET_NAME))
+        finally:
+            probe.close()
+        # The report meets that full queue and waits for room (up to FINISHED_SEND_TIMEOUT_SECONDS):
+        # its sender is still in the send while the loop stays blocked. A report sent without
+        # waiting would be dropped at once and the sender gone.
+        sender.join(0.3)
+        assert sender.is_alive(), "the run's report did not wait for room in the full queue"
         deadline = time.monotonic() + 5
         while not reports and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -222,6 +239,7 @@ def test_a_finished_run_report_waits_for_room_in_a_full_notice_queue(tmp_path):
     asyncio.run(scenario())
     assert reports == [("success", 1200, 0.25)]
     assert notices[-1] == "e" * 24
+    assert len(notices) < 51, "no notice was dropped: the queue never filled"  # 50 progress + 1 report
 
 
 def test_replicas_sharing_a_data_directory_do_not_take_each_others_notice_socket(tmp_path):
