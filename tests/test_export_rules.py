@@ -29,7 +29,7 @@ import grpc
 import pytest
 import xlrd
 
-from conftest import (RpcFailure, invalid_argument, make_user, refused, rpc_failure, store_snapshot, wait_for,
+from conftest import (RpcFailure, ServerThread, invalid_argument, make_user, refused, rpc_failure, store_snapshot, wait_for,
                       worker_process)
 from iotda.export.v1 import batch_task_pb2 as bpb
 from iotda.export.v1 import export_task_pb2 as epb
@@ -454,10 +454,25 @@ def test_download_is_limited_to_one_per_30_seconds_but_a_resume_is_admitted(user
     invalid_argument(lambda: download(user, a.export_task_id, limit=-1), "limit")
 
 
-def test_simultaneous_downloads_by_one_user_admit_exactly_one(user, seed, server):
+@pytest.fixture(scope="module")
+def racing_server(tmp_path_factory):
+    """A server whose per-user cap on downloads at once (2 by default) lets all eight racers reach the
+    admission, where the one-per-30-s rule must then pick exactly one."""
+    s = ServerThread(tmp_path_factory.mktemp("racing"), workers=1, max_downloads_per_user=8)
+    yield s
+    s.stop()
+
+
+def test_simultaneous_downloads_by_one_user_admit_exactly_one(racing_server):
     """Eight downloads by one user at the same moment, through the gRPC API, five trials (the clock of
     the user's last download is rewound between trials): exactly one is admitted each time, every
     other is IOTDA.018003. (tests/test_rule_races.py runs the same race at the domain on both stores.)"""
+    server = racing_server
+    channel = grpc.insecure_channel(server.address)
+    user = make_user(server, channel)
+
+    def seed(u, n):
+        return seed_batch_task(server.store, u.project_id, "", n, seed=n)
     tasks = [create(user, seed(user, 30)), create(user, seed(user, 31))]
     for t in tasks:
         wait_status(user, t.export_task_id, "Success")

@@ -12,7 +12,7 @@ import pytest
 
 from iotda_export_server.domain import rules
 from iotda_export_server.domain.batches import seed_batch_task
-from iotda_export_server.domain.errors import (BatchTaskNotFound, ExportTaskNotFound, FailedPrecondition,
+from iotda_export_server.domain.errors import (BatchTaskNotFound, DataLoss, ExportTaskNotFound, FailedPrecondition,
                                                InvalidArgument, OutOfRange, QuotaExceeded, RateLimited)
 from iotda_export_server.domain.exports import CreateExportRequest, ExportService
 from iotda_export_server.domain.model import Caller
@@ -83,8 +83,8 @@ def test_rules_are_the_documented_numbers():
     ({"app_type": "app"}, "app_type"),
     ({"app_type": "zzz", "app_id": "a1"}, "app_type"),  # no second complaint about app_id's scope
     ({"app_type": "APP", "app_id": "a b"}, "app_id"),
-    ({"app_id": "myapp"}, "app_id"),  # app_id with the GLOBAL (default) scope
-    ({"app_type": "GLOBAL", "app_id": "myapp"}, "app_id"),
+    ({"app_id": "my app"}, "app_id"),  # with the GLOBAL (default) scope, app_id is still checked
+    ({"app_type": "GLOBAL", "app_id": "my/app"}, "app_id"),
     ({"request_id": "has space"}, "request_id"),
     ({"request_id": "r" * 65}, "request_id"),
 ])
@@ -109,6 +109,9 @@ def test_validate_create_resolves_the_scope(rig):
     assert rig.service.validate_create(request("ab12", export_format="xls", app_type="GLOBAL")) == ("GLOBAL", None)
     assert rig.service.validate_create(request("ab12", app_type="APP")) == ("APP", "default")
     assert rig.service.validate_create(request("ab12", app_type="APP", app_id="a-1")) == ("APP", "a-1")
+    # app_id beside the GLOBAL scope (given or by default) is accepted and is not part of the scope.
+    assert rig.service.validate_create(request("ab12", app_id="a-1")) == ("GLOBAL", None)
+    assert rig.service.validate_create(request("ab12", app_type="GLOBAL", app_id="a-1")) == ("GLOBAL", None)
     assert rig.service.validate_create(request("ab12", request_id="r" * 64)) == ("GLOBAL", None)
 
 
@@ -211,7 +214,7 @@ def test_the_unfinished_limit_is_exactly_five(rig):
         rig.service.create(caller, request(rig.batch(caller, 20)))
     e = info.value
     assert (e.limit, e.quota_id, e.subject, e.error_code) == (5, "unfinished-export-tasks-per-user",
-                                                              f"user:{caller.owner}", "IOTDA.018002")
+                                                              f"user:{caller.principal.user}", "IOTDA.018002")
     rig.service.cancel(caller, made[0].export_task_id)
     rig.service.create(caller, request(rig.batch(caller, 21)))
 
@@ -372,7 +375,7 @@ def test_the_window_is_thirty_seconds_to_the_millisecond(rig):
         _admit(rig, caller, t)
     assert info.value.retry_after == pytest.approx(0.001)
     assert (info.value.quota_id, info.value.subject, info.value.error_code) == \
-        ("downloads-per-user-per-30s", f"user:{caller.owner}", "IOTDA.018003")
+        ("downloads-per-user-per-30s", f"user:{caller.principal.user}", "IOTDA.018003")
     rig.now[0] = start + WINDOW_MS
     _admit(rig, caller, t)
 
@@ -440,14 +443,15 @@ def test_a_resume_after_the_file_changed_counts(rig):
         _admit(rig, caller, t2, offset=5)
 
 
-def test_a_missing_file_is_a_precondition_and_not_counted(rig):
+def test_a_missing_file_is_data_loss_marks_the_task_and_is_not_counted(rig):
     caller = rig.caller()
     t = _done(rig, caller)
     rig.files.path(t.export_task_id).unlink()
-    with pytest.raises(FailedPrecondition) as info:
+    with pytest.raises(DataLoss):
         rig.service.admit_download(caller, t.export_task_id, 0, 0)
-    assert info.value.violation_type == "FILE_MISSING"
     assert rig.store.reader().download_limit(caller.owner) is None
+    marked = rig.store.reader().export_task(t.export_task_id)
+    assert (marked.status, marked.file_available) == ("Failed", False) and "damaged" in marked.status_desc
 
 
 def test_services_share_nothing_but_the_store(tmp_path):
@@ -480,8 +484,9 @@ def test_new_credentials_have_their_documented_shapes():
     assert re.fullmatch(r"[A-Z0-9]{20}", principal.ak) and re.fullmatch(r"[A-Za-z0-9]{40}", principal.sk)
     assert before <= principal.created_at <= after  # milliseconds since the epoch
     doc = auth.credentials_document(principal, token)
-    assert doc == {"user": "someone", "project_id": "p" * 32, "token": token, "ak": principal.ak,
-                   "sk": principal.sk, "enterprise_project_id": "0"}
+    assert re.fullmatch(r"[0-9a-f]{24}", principal.principal_id)
+    assert doc == {"user": "someone", "principal_id": principal.principal_id, "project_id": "p" * 32,
+                   "token": token, "ak": principal.ak, "sk": principal.sk, "enterprise_project_id": "0"}
 
 
 def test_statements_refuse_an_action_of_the_wrong_shape():
@@ -503,16 +508,20 @@ def test_a_front_end_vouches_only_with_its_key_and_for_an_existing_user(tmp_path
     alice = add_principal(store, "alice", "p" * 32)
     bob = add_principal(store, "bob", "q" * 32)
     keyed, keyless = Authenticator(store, front_end_key="k" * 32), Authenticator(store, None)
-    assert keyed.authenticate("", vouched_user="alice", front_end_key="k" * 32).user == "alice"
+    alice_id = store.reader().principal_by("user", "alice").principal_id
+    assert keyed.authenticate("", vouched_principal_id=alice_id, front_end_key="k" * 32).user == "alice"
     # A wrong key or no key: the vouching is ignored, the token decides.
-    assert keyed.authenticate(bob["token"], vouched_user="alice", front_end_key="x" * 32).user == "bob"
-    assert keyless.authenticate(bob["token"], vouched_user="alice", front_end_key="k" * 32).user == "bob"
+    assert keyed.authenticate(bob["token"], vouched_principal_id=alice_id, front_end_key="x" * 32).user == "bob"
+    assert keyless.authenticate(bob["token"], vouched_principal_id=alice_id, front_end_key="k" * 32).user == "bob"
     with pytest.raises(Unauthenticated):
-        keyed.authenticate("", vouched_user="alice", front_end_key="x" * 32)
-    # The right key without a vouched user: the token decides.
-    assert keyed.authenticate(alice["token"], vouched_user="", front_end_key="k" * 32).user == "alice"
-    with pytest.raises(Unauthenticated):  # vouched for, but removed since
-        keyed.authenticate(bob["token"], vouched_user="carol", front_end_key="k" * 32)
+        keyed.authenticate("", vouched_principal_id=alice_id, front_end_key="x" * 32)
+    # The right key without a vouched principal: the token decides.
+    assert keyed.authenticate(alice["token"], vouched_principal_id="", front_end_key="k" * 32).user == "alice"
+    with pytest.raises(Unauthenticated):  # vouched for, but removed since (or never there)
+        keyed.authenticate(bob["token"], vouched_principal_id="c" * 24, front_end_key="k" * 32)
+    # Vouching is by id, never by name.
+    with pytest.raises(Unauthenticated):
+        keyed.authenticate("", vouched_principal_id="alice", front_end_key="k" * 32)
     with pytest.raises(Unauthenticated):
         keyed.authenticate("0" * 64)
     store.close()
