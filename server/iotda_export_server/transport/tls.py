@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import grpc
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 log = logging.getLogger("iotda_export.tls")
 
@@ -233,7 +234,14 @@ def identity_of(der_or_pem: bytes | None) -> ClientIdentity | None:
 def normalized_subject(text: str) -> str:
     """A subject as `principal add --client-cert-subject` takes it, in the form identity_of gives
     (raises ValueError for one that is not RFC 4514)."""
-    return x509.Name.from_rfc4514_string(text.strip()).rfc4514_string()
+    return x509.Name.from_rfc4514_string(text.strip(), _LOWERCASE_NAMES).rfc4514_string()
+
+
+# RFC 4514's attribute names are case-insensitive; cryptography reads only the upper-case ones.
+_LOWERCASE_NAMES = {name.lower(): oid for name, oid in (
+    ("CN", NameOID.COMMON_NAME), ("O", NameOID.ORGANIZATION_NAME), ("OU", NameOID.ORGANIZATIONAL_UNIT_NAME),
+    ("C", NameOID.COUNTRY_NAME), ("L", NameOID.LOCALITY_NAME), ("ST", NameOID.STATE_OR_PROVINCE_NAME),
+    ("STREET", NameOID.STREET_ADDRESS), ("DC", NameOID.DOMAIN_COMPONENT), ("UID", NameOID.USER_ID))}
 
 
 def grpc_peer_identity(context: grpc.aio.ServicerContext) -> ClientIdentity | None:
