@@ -23,6 +23,16 @@ const { parseArgs } = require('node:util');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
+// grpc-js sends the address it dials as the TLS server name, also when it is an IP address, which
+// Node then reports (DEP0123) on stderr, where this client's output is one JSON line per event: not
+// ours to fix, and harmless (the certificate is still checked against the address).
+const emitWarning = process.emitWarning;
+process.emitWarning = (warning, ...rest) => {
+  const code = typeof rest[0] === 'object' && rest[0] ? rest[0].code : rest[1];
+  if (code === 'DEP0123') return;
+  emitWarning.call(process, warning, ...rest);
+};
+
 const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
 const TERMINAL = new Set(['Success', 'Failed']); // ExportTask.status: Processing | Success | Failed
 
@@ -97,9 +107,10 @@ const EXPLANATIONS = [
     'the server requires a client certificate: pass --tls-cert and --tls-key signed by its client CA'],
   [/bad certificate|unknown ca|certificate unknown|alert number 4[268]/i, true,
     "the server refused your client certificate: it must be signed by the server's client CA and valid now"],
-  [/Connection dropped|socket closed|ECONNRESET|Protocol error/i, false,
+  // An accepted connection that closes before HTTP/2 starts (grpc-js: "Failed to connect (<time>)").
+  [/Connection dropped|socket closed|ECONNRESET|Protocol error|Failed to connect \(/i, false,
     'the server closed the plaintext connection: it expects TLS; use an https:// address and --tls-ca'],
-  [/Connection dropped|socket closed|ECONNRESET/i, true,
+  [/Connection dropped|socket closed|ECONNRESET|Failed to connect \(/i, true,
     'the server closed the connection during the TLS handshake: it requires a client certificate signed by its'
     + ' client CA (--tls-cert and --tls-key), or refused the one you sent'],
 ];
