@@ -226,7 +226,9 @@ def load_credentials(address: str | None = None, token: str | None = None, proje
     4. the address defaults to 127.0.0.1:50051.
 
     TLS: `tls_ca`, `tls_cert`, `tls_key`, else IOTDA_EXPORT_TLS_CA, IOTDA_EXPORT_CLIENT_CERT,
-    IOTDA_EXPORT_CLIENT_KEY; an https:// address uses TLS with the system's roots without them.
+    IOTDA_EXPORT_CLIENT_KEY; an https:// address uses TLS with the system's roots without them. With
+    a client certificate no token is required, and none is taken from ./data/credentials.json (a
+    token given otherwise still wins over the certificate on the server).
 
     A credentials file holds the keys user, project_id, token (ak, sk; optionally address and
     instance_id). A file named by a flag or the environment must exist; the default one is optional.
@@ -243,9 +245,16 @@ def load_credentials(address: str | None = None, token: str | None = None, proje
     if env.get(ENV_CREDENTIALS):
         path = str(base / env[ENV_CREDENTIALS])
         layers.append((path, _read_credentials_file(path)))
+    tls = settings_from(tls_ca, tls_cert, tls_key, env)
+    # Mutual TLS: a client certificate bound to a principal stands for the token (the project stays
+    # needed), so the token of ./data/credentials.json, found only by being there, is not picked up.
+    token_optional = tls is not None and bool(tls.cert)
     default_file = base / DEFAULT_CREDENTIALS_FILE
     if default_file.is_file():
-        layers.append((str(default_file), _read_credentials_file(str(default_file))))
+        document = _read_credentials_file(str(default_file))
+        if token_optional:
+            document = {k: v for k, v in document.items() if k != "token"}
+        layers.append((str(default_file), document))
 
     values: dict[str, str | None] = {}
     sources: dict[str, str] = {}
@@ -259,9 +268,6 @@ def load_credentials(address: str | None = None, token: str | None = None, proje
             values[key] = None
     if values["address"] is None:
         values["address"], sources["address"] = DEFAULT_ADDRESS, "default"
-    tls = settings_from(tls_ca, tls_cert, tls_key, env)
-    # Mutual TLS: a client certificate bound to a principal stands for the token (the project stays needed).
-    token_optional = tls is not None and bool(tls.cert)
     if require_token and not token_optional and not values["token"]:
         raise CredentialsError(
             "no credentials: pass --token and --project or --credentials FILE, set IOTDA_EXPORT_TOKEN and"
