@@ -258,6 +258,19 @@ def test_a_plaintext_http_request_to_the_tls_port_gets_no_answer(tls_server):
     assert b"healthz" not in data and b"live" not in data  # a TLS alert or a close, never the page
 
 
+def test_a_tls_handshake_that_never_completes_is_cut_at_the_header_timeout(tmp_path, pki):
+    from iotda_export_server.transport.http_server import HttpLimits
+    server = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0", tls_cert=str(pki.server[0]),
+                          tls_key=str(pki.server[1]),
+                          http_limits=HttpLimits(max_body_bytes=1024, header_timeout_seconds=0.5))
+    try:
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+            sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and then nothing
+            assert sock.recv(4096) == b""  # closed by the server, well before the 30 s of this socket
+    finally:
+        server.stop()
+
+
 # -- rotation -----------------------------------------------------------------------------------------
 
 def test_renewed_certificates_are_served_without_a_restart_and_open_streams_go_on(tmp_path, pki, caplog):

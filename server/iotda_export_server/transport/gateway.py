@@ -40,7 +40,7 @@ from ..logs import request_id_var, user_var
 from ..metrics import CONTENT_TYPE_LATEST, Metrics
 from . import errors, signing
 from .http_headers import SCOPE_HEADERS, Credential, HeaderError, RequestHeaders
-from .http_server import BodyTimeout, BodyTooLarge, GuardedServer, HttpLimits, read_body
+from .http_server import BodyTimeout, BodyTooLarge, GuardedServer, HandshakeBoundSite, HttpLimits, read_body
 from .servicers import FRONT_END_KEY, FRONT_END_USER
 from .tls import http_peer_identity
 from .transcode import RequestTooLarge, Route, build_request, error_body, routes_from, to_json
@@ -159,7 +159,8 @@ class Gateway:
         self.http_server = GuardedServer(self.handle, self.limits, self._error_page)
         self.runner = web.ServerRunner(self.http_server, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_port=False, ssl_context=ssl_context)
+        site = HandshakeBoundSite(self.runner, host, port, reuse_port=False, ssl_context=ssl_context,
+                                  handshake_timeout=self.limits.header_timeout_seconds)
         await site.start()
         self.port = self.runner.addresses[0][1]
         return self.port

@@ -36,6 +36,8 @@ SERVER_OPTIONS = (
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared port
+    # A connection must finish its (TLS) handshake within 20 s, not gRPC core's default 120 s.
+    ("grpc.server_handshake_timeout_ms", 20_000),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     *PENDING_CALL_LIMITS,
