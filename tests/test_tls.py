@@ -20,6 +20,7 @@ import logging
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import ssl
 import stat
@@ -353,6 +354,32 @@ def test_serve_warns_once_on_a_public_address_without_tls(tmp_path, pki):
     assert "(gRPC, TLS)" in p.stdout.readline()
     _, err = stop(p)
     assert "loopback" not in err, err
+
+
+def test_sighup_checks_the_files_at_once_and_the_server_goes_on(tmp_path, pki):
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    shutil.copy(pki.server[0], cert)
+    shutil.copy(pki.server[1], key)
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as err:
+        p = subprocess.Popen([*CLI, "serve", "--data-dir", str(tmp_path / "data"), "--workers", "0", "--grpc-addr",
+                              "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)], stdout=subprocess.PIPE,
+                             stderr=err, text=True, stdin=subprocess.DEVNULL)
+    try:
+        address = p.stdout.readline().split("listening on ", 1)[1].split()[0]
+        key.with_name("k.new").write_bytes(pki.client[1].read_bytes())  # not the certificate's key
+        os.replace(key.with_name("k.new"), key)
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: "cannot be used" in log.read_text(), timeout=30, what="the warning about the broken pair")
+        assert "PRIVATE KEY" not in log.read_text()
+        with ExportClient(f"https://{address}", "t", "p", tls=pki.tls(), timeout=10) as client:
+            with pytest.raises(ExportApiError) as info:
+                client.list_exports()  # still served with the previous pair: the call reaches the service
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert p.poll() is None
+    finally:
+        p.terminate()
+        p.communicate(timeout=30)
 
 
 def test_serve_refuses_to_start_on_unusable_tls_files(tmp_path, pki):

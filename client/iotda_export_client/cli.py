@@ -64,6 +64,9 @@ def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # Certificates are reloaded by watching their files; SIGHUP (which would otherwise end the
+        # process) makes it look now.
+        loop.add_signal_handler(signal.SIGHUP, server.check_tls_files)
         await stop.wait()
         print("iotda-export stopping", flush=True)
         await server.stop()

@@ -295,6 +295,14 @@ class ExportServer:
                        asyncio.create_task(self.supervisor.run(), name="supervisor")]
         return self.port
 
+    def check_tls_files(self) -> None:
+        """Looks at the certificate files now (SIGHUP) rather than at the next handshake: a renewed
+        pair is loaded, or a broken one reported, at once."""
+        sources = {id(source): source for source in self.tls if source is not None}
+        for source in sources.values():
+            source.current()
+        log.info("TLS files checked (%d certificate source(s))", len(sources))
+
     async def _load_tasks(self, ids: list[str]):
         return await asyncio.to_thread(lambda: self.store.reader().export_tasks_by_ids(ids))
 
