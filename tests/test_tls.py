@@ -293,6 +293,14 @@ def test_renewed_certificates_are_served_without_a_restart_and_open_streams_go_o
         reader = threading.Thread(target=lambda: events.extend(stream), daemon=True)
         reader.start()
         wait_for(lambda: len(events) >= 2, timeout=30, what="the stream's first heartbeats")
+        # The same over HTTPS: the gateway's progress stream (one JSON line per event).
+        context = ssl.create_default_context(cafile=str(pki.ca_path))
+        http_stream = http.client.HTTPSConnection("127.0.0.1", server.http_port, context=context, timeout=30)
+        http_stream.request("GET", f"/v5/iot/project-w/export-tasks/{export_task_id}/progress",
+                            headers={"X-Auth-Token": user["token"]})
+        http_response = http_stream.getresponse()
+        assert http_response.status == 200
+        assert json.loads(http_response.readline())["result"]["export_task"]["status"] == "Processing"
 
         # Renewal by a new CA: new connections get the new certificate on both ports ...
         new_ca = devcerts.make_ca("renewed CA")
@@ -322,8 +330,16 @@ def test_renewed_certificates_are_served_without_a_restart_and_open_streams_go_o
         warnings = [r.getMessage() for r in caplog.records if r.name == "iotda_export.tls"]
         assert any("cannot be used" in w and str(key) in w for w in warnings), warnings
         assert not any("PRIVATE KEY" in w or broken_key.decode() in w for w in warnings)
-        stream.cancel()
-        reader.join(10)
+
+        # An event made after all this reaches both streams opened before the renewal: the cancel.
+        with ExportClient(https(server), user["token"], "project-w", tls=pki.tls(ca=new_ca_path)) as fresh:
+            fresh.cancel_export(export_task_id)
+        reader.join(30)
+        assert events[-1].export_task.status == "Failed" and not reader.is_alive()
+        while (line := http_response.readline()) and json.loads(line)["result"]["export_task"]["status"] != "Failed":
+            pass
+        assert line, "the HTTPS stream ended without the final event"
+        http_stream.close()
         old.close()
     finally:
         server.stop()
