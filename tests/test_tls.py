@@ -252,6 +252,19 @@ def test_http_gateway_over_tls_and_a_bound_certificate_on_it(tls_server, mtls_se
     assert status == 401, body
 
 
+def test_the_http_port_may_have_a_certificate_of_its_own(tmp_path, pki):
+    http_pair = pki.write("http-own", devcerts.issue(pki.other_ca, "gateway", server_hosts=("127.0.0.1",)))
+    server = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0", tls_cert=str(pki.server[0]),
+                          tls_key=str(pki.server[1]), http_tls_cert=str(http_pair[0]), http_tls_key=str(http_pair[1]))
+    try:
+        _, _, der = http_get(server, "/healthz", pki=pki, ca=pki.other_ca_path)
+        assert der == x509.load_pem_x509_certificate(http_pair[0].read_bytes()).public_bytes(Encoding.DER)
+        with ExportClient(https(server), server.admin["token"], server.admin["project_id"], tls=pki.tls()) as client:
+            assert client.list_exports().page.count == 0  # gRPC: the main pair, of the test CA
+    finally:
+        server.stop()
+
+
 def test_a_plaintext_http_request_to_the_tls_port_gets_no_answer(tls_server):
     with socket.create_connection(("127.0.0.1", tls_server.http_port), timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
