@@ -271,7 +271,9 @@ class ExportServer:
             servicer.client_certs = grpc_tls is not None and grpc_tls.requires_client_cert
         hop_address = None
         if self.config.http_addr is not None:
-            self._hop_dir = tempfile.mkdtemp(prefix="iotda-hop-")  # 0700: no other user can connect
+            # 0700: no other user can connect. A socket's path has ~107 bytes at most: a long TMPDIR is passed over.
+            base = tempfile.gettempdir() if len(tempfile.gettempdir()) < 64 else "/tmp"
+            self._hop_dir = tempfile.mkdtemp(prefix="iotda-hop-", dir=base)
             hop_address = f"unix:{os.path.join(self._hop_dir, 'grpc.sock')}"
         self.server, self.port, self.health = create_server(
             self.config.grpc_addr, *self.servicers, grpc_tls.grpc_credentials() if grpc_tls else None, hop_address)
