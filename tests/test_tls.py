@@ -372,11 +372,15 @@ def stop(p: subprocess.Popen) -> tuple[str, str]:
 
 
 def test_serve_warns_once_on_a_public_address_without_tls(tmp_path, pki):
-    p = serve_process(tmp_path, "--grpc-addr", "0.0.0.0:0")
+    p = serve_process(tmp_path, "--grpc-addr", "0.0.0.0:0", "--http-addr", "0.0.0.0:0")
     assert "listening on" in p.stdout.readline()
     _, err = stop(p)
     warnings = [line for line in err.splitlines() if "not a loopback address" in line]
-    assert len(warnings) == 1 and "--tls-cert" in warnings[0], err
+    assert len(warnings) == 1 and "--tls-cert" in warnings[0] and "0.0.0.0:0 and 0.0.0.0:0" in warnings[0], err
+    p = serve_process(tmp_path, "--grpc-addr", "127.0.0.1:0", "--http-addr", "localhost:0")
+    assert "listening on" in p.stdout.readline()
+    _, err = stop(p)
+    assert "loopback" not in err, err  # make run's kind of addresses: no warning
 
     p = serve_process(tmp_path, "--grpc-addr", "0.0.0.0:0", "--tls-cert", str(pki.server[0]),
                       "--tls-key", str(pki.server[1]))

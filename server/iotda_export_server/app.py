@@ -205,11 +205,11 @@ class ExportServer:
         from .transport.servicers import BatchTaskServicer, ExportTaskServicer
 
         self.tls = grpc_tls, http_tls = tls_sources(self.config)
-        for address, source, flags in ((self.config.grpc_addr, grpc_tls, "--tls-cert/--tls-key"),
-                                       (self.config.http_addr, http_tls, "--tls-cert/--tls-key")):
-            if address is not None and source is None and not _is_loopback(address):
-                log.warning("%s is not a loopback address and has no TLS: tokens, signatures and exported"
-                            " files cross the network in plaintext; pass %s (docs/how-to/tls.md)", address, flags)
+        exposed = [address for address, source in ((self.config.grpc_addr, grpc_tls), (self.config.http_addr, http_tls))
+                   if address is not None and source is None and not _is_loopback(address)]
+        if exposed:
+            log.warning("%s: not a loopback address and no TLS: tokens, signatures and exported files cross the"
+                        " network in plaintext; pass --tls-cert and --tls-key (docs/how-to/tls.md)", " and ".join(exposed))
         shared = is_postgres(self.config.database)
         if not shared:
             self.lock.acquire()  # SQLite: this process owns the data directory
