@@ -358,6 +358,37 @@ def test_renewed_certificates_are_served_without_a_restart_and_open_streams_go_o
         server.stop()
 
 
+def test_a_renewed_client_ca_decides_from_the_next_handshake_on_both_ports(tmp_path, pki):
+    client_ca = tmp_path / "client-ca.crt"
+    shutil.copy(pki.ca_path, client_ca)
+    server = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0", tls_cert=str(pki.server[0]),
+                          tls_key=str(pki.server[1]), tls_client_ca=str(client_ca))
+    try:
+        admin = server.admin
+
+        def grpc_call(client_pair):
+            with ExportClient(https(server), admin["token"], admin["project_id"], tls=pki.tls(client_pair),
+                              timeout=10) as client:
+                return client.list_exports().page.count
+
+        assert grpc_call(pki.client) == 0
+        assert http_get(server, "/healthz", pki=pki, client=pki.client)[0] == 200
+        with pytest.raises(TlsError):
+            grpc_call(pki.other_client)
+        # The other CA replaces the client CA: its certificates get in, the first CA's no longer.
+        replacement = client_ca.with_name("client-ca.new")
+        shutil.copy(pki.other_ca_path, replacement)
+        os.replace(replacement, client_ca)
+        assert grpc_call(pki.other_client) == 0
+        assert http_get(server, "/healthz", pki=pki, client=pki.other_client)[0] == 200
+        with pytest.raises(TlsError):
+            grpc_call(pki.client)
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            http_get(server, "/healthz", pki=pki, client=pki.client)
+    finally:
+        server.stop()
+
+
 # -- start-up, defaults, dev-certs --------------------------------------------------------------------
 
 def serve_process(tmp_path: pathlib.Path, *flags: str) -> subprocess.Popen:
