@@ -43,11 +43,16 @@ def run(base: str, smoke: bool, runs: int) -> list[Figure]:
                 result = _client("saturate", api.address, api.token, api.project, targets[kind], "32",
                                  str(saturate_seconds), "api")
                 rps[kind].append(result["rps"])
-        ratio = median(rps["tls"]) / median(rps["plain"])
+        # Each run's TLS figure against the plaintext one measured right next to it: the machine is
+        # shared, and its load drifts more between runs than within a pair.
+        ratios = [t / p for t, p in zip(rps["tls"], rps["plain"])]
+        ratio = median(ratios)
         figures.append(Figure(
             "GetExportTask throughput over TLS, saturated (32 in flight)", f"{median(rps['tls']):,.0f} RPS",
-            f"the same over plaintext: {median(rps['plain']):,.0f} RPS", f"{ratio:.2f}x", ">= 0.8x", ratio >= 0.8,
-            [f"runs TLS {', '.join(f'{r:,.0f}' for r in rps['tls'])} / plaintext"
+            f"the same over plaintext: {median(rps['plain']):,.0f} RPS", f"{ratio:.2f}x (median of the runs' ratios)",
+            ">= 0.8x", ratio >= 0.8,
+            [f"per-run ratios {', '.join(f'{r:.2f}' for r in ratios)};"
+             f" runs TLS {', '.join(f'{r:,.0f}' for r in rps['tls'])} / plaintext"
              f" {', '.join(f'{r:,.0f}' for r in rps['plain'])} RPS; one grpc.aio client process, one connection,"
              " the handshake before the timed part; ECDSA P-256 certificate from dev-certs; two API processes"
              " (one per transport), never loaded at the same time"]))
