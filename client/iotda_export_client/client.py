@@ -9,6 +9,9 @@
             print(event.export_task.status, event.export_task.progress)
         client.download(task.export_task_id, "export.zip")
 
+    # TLS: an https:// address (the system's CAs), or a CA file; mutual TLS adds a client certificate.
+    ExportClient("https://export.example:50443", token, project, tls=TlsSettings(ca="certs/ca.crt"))
+
 Every method returns the protobuf messages of `iotda.export.v1` and raises `ExportApiError` (with
 the platform's `IOTDA.xxxxxx` code, the field violations and the retry delay parsed from the
 google.rpc.Status the server sends) when the server refuses a call, or `ServerUnreachable` (a
