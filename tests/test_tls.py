@@ -110,7 +110,7 @@ def failure_setup(case: str, pki: Pki, odd_server, plain_server) -> tuple[str, T
     if case == "wrong CA":
         return odd_server.address, pki.tls(ca=pki.other_ca_path)
     if case == "expired server certificate":
-        serve_pair(odd_server, pki.expired_server)
+        serve_pair(odd_server, pki.expired_server)  # served all the same, with a warning (see below)
         return odd_server.address, pki.tls()
     if case == "server certificate for another name":
         serve_pair(odd_server, pki.misnamed_server)
@@ -122,11 +122,14 @@ def failure_setup(case: str, pki: Pki, odd_server, plain_server) -> tuple[str, T
 
 
 @pytest.mark.parametrize("case", FAILURES)
-def test_each_handshake_failure_is_one_clear_line(case, pki, odd_server, server):
+def test_each_handshake_failure_is_one_clear_line(case, pki, odd_server, server, caplog):
+    caplog.set_level(logging.WARNING, logger="iotda_export.tls")
     address, tls = failure_setup(case, pki, odd_server, server)
     with ExportClient(address, "token", "project", tls=tls, timeout=10) as client:
         with pytest.raises(TlsError) as info:
             client.list_exports()
+    expired_warnings = [r.getMessage() for r in caplog.records if "is not valid now" in r.getMessage()]
+    assert bool(expired_warnings) == (case == "expired server certificate"), expired_warnings
     assert FAILURES[case] in info.value.explanation, (info.value.explanation, info.value.message)
     assert info.value.summary() == f"cannot connect to {address}: {info.value.explanation}"
     # The CLI: exit 1, that one line on stderr, nothing of gRPC's own logging, no traceback.

@@ -16,6 +16,7 @@ session tickets are off, so a resumed session can never skip the certificate che
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import os
@@ -99,12 +100,12 @@ class CertificateSource:
         self.files = files
         self._lock = threading.Lock()
         self._generation = 0
-        self._seen_stamp: tuple | None = None  # of the files last tried, loaded or not
+        self._seen_stamp: tuple | None = None  # of the files last tried, loaded or not (no retry until they change)
         try:
-            self._stamp_loaded, self._pair = self._load()
+            self._seen_stamp, self._pair = self._load()
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise TlsConfigError(f"cannot use the TLS files {', '.join(files.paths())}: {_reason(exc)}") from None
-        self._seen_stamp = self._stamp_loaded
+        _warn_if_expired(self.files.cert, self._pair.cert_pem)
 
     @property
     def requires_client_cert(self) -> bool:
@@ -139,8 +140,10 @@ class CertificateSource:
                 log.warning("TLS files %s changed but cannot be used (%s): still serving the previous"
                             " certificate", ", ".join(self.files.paths()), _reason(exc))
                 return self._pair
-            self._stamp_loaded, self._pair, self._seen_stamp = loaded_stamp, pair, loaded_stamp
+            # The stamp of what was read (files changed since are read again at the next handshake).
+            self._pair, self._seen_stamp = pair, loaded_stamp
             log.info("TLS certificate reloaded from %s (%s)", self.files.cert, _describe(pair.cert_pem))
+            _warn_if_expired(self.files.cert, pair.cert_pem)
         return self._pair
 
     # -- gRPC --------------------------------------------------------------------------------------
@@ -189,6 +192,18 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
         return f"{exc.reason or 'not a usable certificate and key'}"
     return type(exc).__name__ if not str(exc) or "PRIVATE KEY" in str(exc) else str(exc).splitlines()[0][:200]
+
+
+def _warn_if_expired(path: str, cert_pem: bytes) -> None:
+    """Served all the same (clients refuse it, each with a clear message): the operator hears it here."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        log.warning("the TLS certificate in %s is not valid now (valid %s to %s UTC): clients will refuse it", path,
+                    f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M}", f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}")
 
 
 def _describe(cert_pem: bytes) -> str:
