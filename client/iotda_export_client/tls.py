@@ -96,9 +96,10 @@ _EXPLANATIONS: tuple[tuple[str, bool | None, str], ...] = (
      "the server refused your client certificate: it must be signed by the server's client CA and valid now"),
     ("unknown ca", True,
      "the server refused your client certificate: it is not signed by the server's client CA"),
-    ("socket closed", True,
-     "the server closed the connection during the TLS handshake: it requires a client certificate signed by"
-     " its client CA (--tls-cert and --tls-key), or refused the one you sent (another CA, expired)"),
+    *((closed, True,
+       "the server closed the connection during the TLS handshake: it requires a client certificate signed by"
+       " its client CA (--tls-cert and --tls-key), or refused the one you sent (another CA, expired)")
+      for closed in ("socket closed", "connection reset")),
     ("socket closed", False,
      "the server closed the plaintext connection: it expects TLS; use an https:// address and --tls-ca"),
     ("connection reset", False,
