@@ -300,6 +300,14 @@ def test_a_tls_handshake_that_never_completes_is_cut_at_the_header_timeout(tmp_p
         server.stop()
 
 
+def test_a_grpc_handshake_that_never_completes_is_cut(tls_server):
+    """gRPC core's own deadline (grpc.server_handshake_timeout_ms, 20 s here, not its default 120 s):
+    an idle socket that costs the machine nothing while the test waits for the close."""
+    with socket.create_connection(("127.0.0.1", tls_server.port), timeout=60) as sock:
+        sock.sendall(b"\x16\x03\x01")
+        receive_until_closed(sock)  # returns once gRPC closes it; the 60 s timeout fails the test
+
+
 # -- rotation -----------------------------------------------------------------------------------------
 
 def test_renewed_certificates_are_served_without_a_restart_and_open_streams_go_on(tmp_path, pki, caplog):
