@@ -71,6 +71,18 @@ ENV_VARS: dict[str, str] = {
     "IOTDA_EXPORT_HTTP_ADDR": "Default `--http-addr` of `serve` (the HTTP/JSON gateway); unset or empty: no"
                               " gateway.",
     "IOTDA_EXPORT_LEASE_SECONDS": "Default `--lease-seconds` of `serve` and `worker`.",
+    "IOTDA_EXPORT_TLS_CERT": "Default `--tls-cert` of `serve`: the PEM certificate chain of both ports (TLS);"
+                             " renewed files are served from the next handshake on (docs/how-to/tls.md).",
+    "IOTDA_EXPORT_TLS_KEY": "Default `--tls-key` of `serve`: the PEM private key of `--tls-cert`.",
+    "IOTDA_EXPORT_HTTP_TLS_CERT": "Default `--http-tls-cert` of `serve`: the HTTP gateway's own certificate.",
+    "IOTDA_EXPORT_HTTP_TLS_KEY": "Default `--http-tls-key` of `serve`: the key of `--http-tls-cert`.",
+    "IOTDA_EXPORT_TLS_CLIENT_CA": "Default `--tls-client-ca` of `serve`: the CA whose client certificates both TLS"
+                                  " ports then require (mutual TLS).",
+    "IOTDA_EXPORT_TLS_CA": "The calling commands' (and the Python client's `load_credentials()`) `--tls-ca`: the"
+                           " PEM CA that signed the server's certificate; set, the connection uses TLS.",
+    "IOTDA_EXPORT_CLIENT_CERT": "The calling commands' `--tls-cert`: a PEM client certificate for mutual TLS (a"
+                                " principal bound to it needs no token).",
+    "IOTDA_EXPORT_CLIENT_KEY": "The calling commands' `--tls-key`: the PEM key of the client certificate.",
     "IOTDA_EXPORT_LOG_LEVEL": "Log level of `serve`, `worker` and the export worker processes (DEBUG, INFO,"
                               " WARNING, ...); default INFO.",
     "IOTDA_EXPORT_LOG_FORMAT": "Log format of `serve`, `worker` and the export worker processes: `text`"

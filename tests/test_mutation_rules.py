@@ -561,6 +561,53 @@ def test_a_front_end_vouches_only_with_its_key_and_for_an_existing_user(tmp_path
     store.close()
 
 
+def test_client_certificate_credentials_name_their_bound_principal_only_without_a_token(tmp_path):
+    from iotda_export_server.app import add_principal
+    from iotda_export_server.domain.auth import Authenticator
+    from iotda_export_server.domain.errors import Unauthenticated
+    (tmp_path / "d").mkdir()
+    store = open_store(tmp_path / "d")
+    by_subject = add_principal(store, "svc-a", "p" * 32, client_cert_subject="CN=svc-a,O=Example")
+    add_principal(store, "svc-b", "q" * 32, client_cert_san="svc-b.internal")
+    add_principal(store, "svc-c", "r" * 32, client_cert_san="spiffe://example/svc-c")
+    authenticator = Authenticator(store, front_end_key="k" * 32)
+    # The subject, else each SAN in turn; the subject wins over a SAN bound to someone else.
+    assert authenticator.by_client_cert("CN=svc-a,O=Example", ()).user == "svc-a"
+    assert authenticator.by_client_cert("CN=other", ("x.internal", "svc-b.internal")).user == "svc-b"
+    assert authenticator.by_client_cert("", ("spiffe://example/svc-c",)).user == "svc-c"
+    assert authenticator.by_client_cert("CN=svc-a,O=Example", ("svc-b.internal",)).user == "svc-a"
+    assert authenticator.by_client_cert("CN=svc-a", ("svc-a.internal",)) is None  # whole subjects, exact SANs
+    assert authenticator.by_client_cert("", ()) is None
+    # authenticate: the certificate counts only without a token; a token given decides, right or wrong.
+    cert_a = ("CN=svc-a,O=Example", ())
+    assert authenticator.authenticate("", client_cert=cert_a).user == "svc-a"
+    assert authenticator.authenticate("", client_cert=("CN=x", ("svc-b.internal",))).user == "svc-b"
+    bob = add_principal(store, "bob", "s" * 32)
+    assert authenticator.authenticate(bob["token"], client_cert=cert_a).user == "bob"
+    for token, cert in (("0" * 64, cert_a), ("", ("CN=nobody", ())), ("", None)):
+        with pytest.raises(Unauthenticated):
+            authenticator.authenticate(token, client_cert=cert)
+    # A front end's vouching (the gateway's) decides before either.
+    bob_id = store.reader().principal_by("user", "bob").principal_id
+    assert authenticator.authenticate("", bob_id, "k" * 32, client_cert=cert_a).user == "bob"
+    assert by_subject["user"] == "svc-a"
+    store.close()
+
+
+def test_client_cert_san_credentials_are_printable_names_without_spaces():
+    from iotda_export_server.domain import auth
+    from iotda_export_server.domain.model import Statement
+    statements = [Statement("Allow", ("*",), None)]
+    for good in ("a", "svc-b.internal", "10.0.0.7", "x" * 255, "~!"):
+        principal, _ = auth.new_principal("u", "p" * 32, statements, client_cert_san=good)
+        assert principal.client_cert_san == good
+    assert auth.new_principal("u", "p" * 32, statements)[0].client_cert_san is None
+    for bad in ("", "has space", "x" * 256, "tab\there", "é"):
+        with pytest.raises(InvalidArgument) as info:
+            auth.new_principal("u", "p" * 32, statements, client_cert_san=bad)
+        assert fields(info.value) == ["client_cert_san"]
+
+
 # -- paging and field rules (domain/validation.py) --------------------------------------------------
 
 def test_paging_takes_the_documented_ranges_inclusive():

@@ -30,7 +30,10 @@ def _serve(args: argparse.Namespace) -> int:
                           workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
                           database=args.database, files_dir=args.files_dir,
                           lease_seconds=args.lease_seconds, max_watch_streams_per_user=args.max_watch_streams_per_user,
-                          max_downloads_per_user=args.max_downloads_per_user)
+                          max_downloads_per_user=args.max_downloads_per_user,
+                          tls_cert=args.tls_cert or None, tls_key=args.tls_key or None,
+                          http_tls_cert=args.http_tls_cert or None, http_tls_key=args.http_tls_key or None,
+                          tls_client_ca=args.tls_client_ca or None)
 
     async def main() -> int:
         server = ExportServer(config)
@@ -42,11 +45,15 @@ def _serve(args: argparse.Namespace) -> int:
             await server.stop(0)
             return 1
         host = args.grpc_addr.rsplit(":", 1)[0]
-        print(f"iotda-export listening on {host}:{port} (gRPC)", flush=True)
+        grpc_tls, http_tls = server.tls
+        security = ("gRPC, mutual TLS" if grpc_tls.requires_client_cert else "gRPC, TLS") if grpc_tls else "gRPC"
+        print(f"iotda-export listening on {host}:{port} ({security})", flush=True)
         if server.http_port is not None:
             http_host = args.http_addr.rsplit(":", 1)[0]
-            print(f"iotda-export listening on http://{http_host}:{server.http_port} (HTTP/JSON gateway)", flush=True)
-            print(f"web console on http://{http_host}:{server.http_port}/console/ (also /openapi.json, /healthz,"
+            scheme = "https" if http_tls else "http"
+            print(f"iotda-export listening on {scheme}://{http_host}:{server.http_port} (HTTP/JSON gateway)",
+                  flush=True)
+            print(f"web console on {scheme}://{http_host}:{server.http_port}/console/ (also /openapi.json, /healthz,"
                   " /readyz)", flush=True)
         if server.bootstrap_credentials:
             creds = os.path.join(args.data_dir, CREDENTIALS_FILE)
@@ -57,6 +64,9 @@ def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # Certificates are reloaded by watching their files; SIGHUP (which would otherwise end the
+        # process) makes it look now.
+        loop.add_signal_handler(signal.SIGHUP, server.check_tls_files)
         await stop.wait()
         print("iotda-export stopping", flush=True)
         await server.stop()
@@ -164,8 +174,11 @@ def _err(text: str) -> None:
 
 
 def _report_api_error(e) -> int:
-    from iotda_export_client import ServerUnreachable
+    from iotda_export_client import ServerUnreachable, TlsError
     import grpc
+    if isinstance(e, TlsError):
+        _err(e.summary())
+        return 1
     if isinstance(e, ServerUnreachable):
         _err(f"cannot reach the server at {e.address} ({e.code_name}: {e.message}); is it running?"
              " Start one with: iotda-export serve")
@@ -195,6 +208,14 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
                    help="credentials JSON file (user, project_id, token) (env IOTDA_EXPORT_CREDENTIALS)")
     g.add_argument("--timeout", dest="conn_timeout", type=float, metavar="SECONDS",
                    help="deadline of each unary call (default 30)")
+    g.add_argument("--tls-ca", dest="conn_tls_ca", metavar="FILE",
+                   help="PEM of the CA that signed the server's certificate; turns TLS on (env IOTDA_EXPORT_TLS_CA;"
+                        " an https:// address uses TLS with the system's CAs without it)")
+    g.add_argument("--tls-cert", dest="conn_tls_cert", metavar="FILE",
+                   help="PEM client certificate for mutual TLS; with a principal bound to it, no token is needed"
+                        " (env IOTDA_EXPORT_CLIENT_CERT)")
+    g.add_argument("--tls-key", dest="conn_tls_key", metavar="FILE",
+                   help="PEM key of --tls-cert (env IOTDA_EXPORT_CLIENT_KEY)")
 
 
 def _client(args):
@@ -202,7 +223,9 @@ def _client(args):
     creds = load_credentials(address=getattr(args, "conn_address", None), token=getattr(args, "conn_token", None),
                              project_id=getattr(args, "conn_project", None),
                              instance_id=getattr(args, "conn_instance_id", None),
-                             credentials_file=getattr(args, "conn_credentials", None))
+                             credentials_file=getattr(args, "conn_credentials", None),
+                             tls_ca=getattr(args, "conn_tls_ca", None), tls_cert=getattr(args, "conn_tls_cert", None),
+                             tls_key=getattr(args, "conn_tls_key", None))
     timeout = getattr(args, "conn_timeout", None)
     return ExportClient.from_credentials(creds, **({"timeout": timeout} if timeout else {}))
 
@@ -249,7 +272,8 @@ def _principal_add(args) -> int:
     try:
         creds = add_principal(store, args.user, args.project, _split(args.actions),
                               enterprise_project_id=args.enterprise_project or auth.DEFAULT_ENTERPRISE_PROJECT,
-                              allowed_enterprise_projects=_split(args.allowed_enterprise_projects))
+                              allowed_enterprise_projects=_split(args.allowed_enterprise_projects),
+                              client_cert_subject=args.client_cert_subject, client_cert_san=args.client_cert_san)
     except ValueError as e:  # already exists
         _err(str(e))
         return 1
@@ -266,6 +290,7 @@ def _principal_list(args) -> int:
     principals = store.reader().list_principals()
     docs = [{"user": p.user, "principal_id": p.principal_id, "project_id": p.project_id, "enterprise_project_id": p.enterprise_project_id,
              "ak": p.ak, "statements": [s.to_json() for s in p.statements],
+             "client_cert_subject": p.client_cert_subject, "client_cert_san": p.client_cert_san,
              "created_at": dt.datetime.fromtimestamp(p.created_at / 1000, dt.timezone.utc)
              .strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"} for p in principals]
     if args.json:
@@ -279,9 +304,13 @@ def _principal_list(args) -> int:
             eps = s.get("Condition", {}).get("StringEquals", {}).get("g:EnterpriseProjectId")
             out.append(text + (f" (enterprise projects {','.join(eps)})" if eps is not None else ""))
         return "; ".join(out)
-    _print_table(["USER", "PROJECT_ID", "ENTERPRISE_PROJECT", "AK", "ACTIONS", "CREATED"],
-                 [[d["user"], d["project_id"], d["enterprise_project_id"], d["ak"], actions(d), d["created_at"]]
-                  for d in docs])
+    def client_cert(d):
+        if d["client_cert_subject"]:
+            return f"subject {d['client_cert_subject']}"
+        return f"SAN {d['client_cert_san']}" if d["client_cert_san"] else "-"
+    _print_table(["USER", "PROJECT_ID", "ENTERPRISE_PROJECT", "AK", "ACTIONS", "CLIENT_CERT", "CREATED"],
+                 [[d["user"], d["project_id"], d["enterprise_project_id"], d["ak"], actions(d), client_cert(d),
+                   d["created_at"]] for d in docs])
     return 0
 
 
@@ -307,6 +336,19 @@ def _principal_remove(args) -> int:
 class _NoFiles:
     def remove(self, _export_task_id: str) -> None:
         pass
+
+
+def _dev_certs(args) -> int:
+    from iotda_export_client.devcerts import dev_certs
+    paths = dev_certs(args.out, tuple(args.host), args.days, args.client_name)
+    for name, path in paths.items():
+        print(f"{name:12} {path}")
+    out = args.out
+    print(f"serve with:  iotda-export serve --tls-cert {out}/server.crt --tls-key {out}/server.key"
+          f" [--tls-client-ca {out}/ca.crt]", file=sys.stderr)
+    print(f"call with:   iotda-export --tls-ca {out}/ca.crt [--tls-cert {out}/client.crt --tls-key {out}/client.key]"
+          " export list", file=sys.stderr)
+    return 0
 
 
 def _seed(args) -> int:
@@ -594,8 +636,32 @@ def build_parser() -> argparse.ArgumentParser:
                        default=rules.MAX_DOWNLOADS_PER_USER,
                        help="downloads (ShowExportTask streams) one user may have running at once on this"
                             " process; one more is refused with RESOURCE_EXHAUSTED IOTDA.018007")
+    serve.add_argument("--tls-cert", default=os.environ.get("IOTDA_EXPORT_TLS_CERT", ""), metavar="FILE",
+                       help="PEM certificate chain: TLS on the gRPC port and the HTTP gateway (with --tls-key);"
+                            " a renewed file is served from the next handshake on, without a restart")
+    serve.add_argument("--tls-key", default=os.environ.get("IOTDA_EXPORT_TLS_KEY", ""), metavar="FILE",
+                       help="PEM private key of --tls-cert (keep it 0600)")
+    serve.add_argument("--http-tls-cert", default=os.environ.get("IOTDA_EXPORT_HTTP_TLS_CERT", ""), metavar="FILE",
+                       help="the HTTP gateway's own certificate, when it is not --tls-cert (with --http-tls-key)")
+    serve.add_argument("--http-tls-key", default=os.environ.get("IOTDA_EXPORT_HTTP_TLS_KEY", ""), metavar="FILE",
+                       help="PEM private key of --http-tls-cert")
+    serve.add_argument("--tls-client-ca", default=os.environ.get("IOTDA_EXPORT_TLS_CLIENT_CA", ""), metavar="FILE",
+                       help="PEM CA: both TLS ports then require a client certificate it signed (mutual TLS);"
+                            " principal add --client-cert-subject/--client-cert-san bind one to a principal")
     _log_flags(serve)
     serve.set_defaults(func=_serve)
+
+    p = sub.add_parser("dev-certs", help="write a private CA, a server and a client certificate for trying TLS"
+                                         " (docs/how-to/tls.md); not for production")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="directory for ca.crt, server.crt, client.crt and their .key files (keys 0600)")
+    p.add_argument("--host", action="append", default=[], metavar="NAME",
+                   help="another name or address of the server certificate (repeatable); it always holds"
+                        " localhost, 127.0.0.1 and ::1")
+    p.add_argument("--client-name", default="iotda-export-client", metavar="CN",
+                   help="common name of the client certificate (bind it with principal add --client-cert-subject CN=...)")
+    p.add_argument("--days", type=_positive_int, default=90, help="validity of every certificate")
+    p.set_defaults(func=_dev_certs)
 
     p = sub.add_parser("worker", help="run export workers only (no RPC port), against --database: scale"
                                       " exports apart from API replicas (`serve --workers 0`)")
@@ -630,6 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enterprise-project", default=None, help="the principal's enterprise project (default 0)")
     p.add_argument("--allowed-enterprise-projects", default=None, metavar="EP,...",
                    help="condition g:EnterpriseProjectId: allow the actions only in these enterprise projects")
+    p.add_argument("--client-cert-subject", default=None, metavar="DN",
+                   help="mutual TLS: a client certificate with this subject (RFC 4514, e.g. 'CN=svc-a,O=Example')"
+                        " verified by the server's --tls-client-ca authenticates as this principal without a token")
+    p.add_argument("--client-cert-san", default=None, metavar="NAME",
+                   help="mutual TLS: the same, by a subject alternative name of the certificate (DNS name, IP"
+                        " address, URI or e-mail, exactly as in the certificate)")
     _json_flag(p)
     p.set_defaults(func=_principal_add)
     p = psub.add_parser("list", help="list principals (never tokens or secret keys)")
@@ -723,12 +795,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.func in (_serve, _worker, _migrate):  # server-side commands report their own failures
         return args.func(args)
-    from iotda_export_client import CredentialsError, DownloadError, ExportApiError
+    # The calling commands explain a failed connection in one line of their own: gRPC core's log
+    # lines about it (a failed handshake) would only repeat it, less clearly.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from iotda_export_client import CredentialsError, DownloadError, ExportApiError, TlsFileError
     try:
         return args.func(args)
     except ExportApiError as e:
         return _report_api_error(e)
-    except (UsageError, CredentialsError) as e:
+    except (UsageError, CredentialsError, TlsFileError) as e:
         _err(str(e))
         return 2
     except DownloadError as e:

@@ -9,6 +9,9 @@
             print(event.export_task.status, event.export_task.progress)
         client.download(task.export_task_id, "export.zip")
 
+    # TLS: an https:// address (the system's CAs), or a CA file; mutual TLS adds a client certificate.
+    ExportClient("https://export.example:50443", token, project, tls=TlsSettings(ca="certs/ca.crt"))
+
 Every method returns the protobuf messages of `iotda.export.v1` and raises `ExportApiError` (with
 the platform's `IOTDA.xxxxxx` code, the field violations and the retry delay parsed from the
 google.rpc.Status the server sends) when the server refuses a call, or `ServerUnreachable` (a
@@ -35,9 +38,12 @@ from iotda.export.v1 import batch_task_pb2_grpc as bpb_grpc
 from iotda.export.v1 import export_task_pb2 as epb
 from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
 
+from .tls import TlsFileError, TlsSettings, explain, open_channel, settings_from
+
 __all__ = [
     "DEFAULT_ADDRESS", "DEFAULT_CREDENTIALS_FILE", "Credentials", "CredentialsError", "DownloadError",
-    "ExportApiError", "ExportClient", "ResponseStream", "ServerUnreachable", "load_credentials",
+    "ExportApiError", "ExportClient", "ResponseStream", "ServerUnreachable", "TlsError", "TlsFileError",
+    "TlsSettings", "load_credentials",
 ]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -99,8 +105,9 @@ class ExportApiError(Exception):
                 f"reason={self.reason!r}, message={self.message!r})")
 
     @classmethod
-    def from_rpc_error(cls, err: grpc.RpcError, address: str = "") -> "ExportApiError":
-        """Reads a failed call (unary or stream) with grpc_status.rpc_status.from_call."""
+    def from_rpc_error(cls, err: grpc.RpcError, address: str = "", secured: bool = False) -> "ExportApiError":
+        """Reads a failed call (unary or stream) with grpc_status.rpc_status.from_call. `secured`:
+        whether the channel spoke TLS (it decides what a failed connection means)."""
         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
         message = (err.details() if hasattr(err, "details") else None) or str(err)
         try:
@@ -109,7 +116,11 @@ class ExportApiError(Exception):
             status = None
         if status is None:
             if code == grpc.StatusCode.UNAVAILABLE and address:
-                # No google.rpc.Status: the transport's verdict (refused, unresolvable), not the service's.
+                # No google.rpc.Status: the transport's verdict (refused, unresolvable, a failed TLS
+                # handshake), not the service's.
+                explanation = explain(message, secured)
+                if explanation is not None:
+                    return TlsError(code, message, address=address, explanation=explanation)
                 return ServerUnreachable(code, message, address=address)
             return cls(code, message)
         fields: dict[str, Any] = {"field_violations": [], "quota_violations": [],
@@ -154,6 +165,19 @@ class ServerUnreachable(ExportApiError):
         return f"cannot reach the server at {self.address} ({self.code_name}: {self.message})"
 
 
+class TlsError(ServerUnreachable):
+    """The connection failed on TLS (untrusted or expired server certificate, a name it does not
+    hold, a missing or refused client certificate, TLS on one side only): `explanation` says what
+    to fix; `message` keeps gRPC's own words."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, address: str, explanation: str):
+        self.explanation = explanation
+        super().__init__(code, message, address=address)
+
+    def summary(self) -> str:
+        return f"cannot connect to {self.address}: {self.explanation}"
+
+
 class DownloadError(Exception):
     """The downloaded bytes do not match the size or sha256 the server announced (the partial file
     is removed), or a resume was asked for without a usable partial file."""
@@ -171,6 +195,9 @@ class Credentials:
     token: str
     project_id: str
     instance_id: str | None = None
+    # TLS files (flags --tls-ca, --tls-cert, --tls-key, or IOTDA_EXPORT_TLS_CA/CLIENT_CERT/CLIENT_KEY);
+    # None: TLS only when the address is https://, verified with the system's roots.
+    tls: TlsSettings | None = None
     # Where each value came from: "flag", "env", or a file path.
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -191,7 +218,8 @@ def _read_credentials_file(path: str) -> dict:
 def load_credentials(address: str | None = None, token: str | None = None, project_id: str | None = None,
                      instance_id: str | None = None, credentials_file: str | os.PathLike | None = None, *,
                      env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
-                     require_token: bool = True) -> Credentials:
+                     require_token: bool = True, tls_ca: str | None = None, tls_cert: str | None = None,
+                     tls_key: str | None = None) -> Credentials:
     """Resolves where and as whom to call, value by value, first found wins:
 
     1. flags: the explicit arguments, then the file named by `credentials_file` (--credentials);
@@ -199,6 +227,11 @@ def load_credentials(address: str | None = None, token: str | None = None, proje
        IOTDA_EXPORT_INSTANCE_ID, then the file named by IOTDA_EXPORT_CREDENTIALS;
     3. ./data/credentials.json (what the server writes on its first start), relative to `cwd`;
     4. the address defaults to 127.0.0.1:50051.
+
+    TLS: `tls_ca`, `tls_cert`, `tls_key`, else IOTDA_EXPORT_TLS_CA, IOTDA_EXPORT_CLIENT_CERT,
+    IOTDA_EXPORT_CLIENT_KEY; an https:// address uses TLS with the system's roots without them. With
+    a client certificate no token is required, and none is taken from ./data/credentials.json (a
+    token given otherwise still wins over the certificate on the server).
 
     A credentials file holds the keys user, project_id, token (ak, sk; optionally address and
     instance_id). A file named by a flag or the environment must exist; the default one is optional.
@@ -215,9 +248,16 @@ def load_credentials(address: str | None = None, token: str | None = None, proje
     if env.get(ENV_CREDENTIALS):
         path = str(base / env[ENV_CREDENTIALS])
         layers.append((path, _read_credentials_file(path)))
+    tls = settings_from(tls_ca, tls_cert, tls_key, env)
+    # Mutual TLS: a client certificate bound to a principal stands for the token (the project stays
+    # needed), so the token of ./data/credentials.json, found only by being there, is not picked up.
+    token_optional = tls is not None and bool(tls.cert)
     default_file = base / DEFAULT_CREDENTIALS_FILE
     if default_file.is_file():
-        layers.append((str(default_file), _read_credentials_file(str(default_file))))
+        document = _read_credentials_file(str(default_file))
+        if token_optional:
+            document = {k: v for k, v in document.items() if k != "token"}
+        layers.append((str(default_file), document))
 
     values: dict[str, str | None] = {}
     sources: dict[str, str] = {}
@@ -231,7 +271,7 @@ def load_credentials(address: str | None = None, token: str | None = None, proje
             values[key] = None
     if values["address"] is None:
         values["address"], sources["address"] = DEFAULT_ADDRESS, "default"
-    if require_token and not values["token"]:
+    if require_token and not token_optional and not values["token"]:
         raise CredentialsError(
             "no credentials: pass --token and --project or --credentials FILE, set IOTDA_EXPORT_TOKEN and"
             " IOTDA_EXPORT_PROJECT or IOTDA_EXPORT_CREDENTIALS, or run where ./data/credentials.json is")
@@ -239,7 +279,8 @@ def load_credentials(address: str | None = None, token: str | None = None, proje
         raise CredentialsError("no project: pass --project, set IOTDA_EXPORT_PROJECT, or use a credentials"
                                " file with a project_id")
     return Credentials(address=values["address"], token=values["token"] or "",
-                       project_id=values["project_id"] or "", instance_id=values["instance_id"], sources=sources)
+                       project_id=values["project_id"] or "", instance_id=values["instance_id"],
+                       tls=tls, sources=sources)
 
 
 # -- streams -------------------------------------------------------------------------------------
@@ -248,9 +289,10 @@ class ResponseStream(Iterator):
     """A server stream whose failures arrive as ExportApiError; `cancel()` (or leaving a `with`
     block) ends it early."""
 
-    def __init__(self, call, address: str):
+    def __init__(self, call, address: str, secured: bool = False):
         self._call = call
         self._address = address
+        self._secured = secured
 
     def __iter__(self) -> "ResponseStream":
         return self
@@ -261,7 +303,7 @@ class ResponseStream(Iterator):
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.CANCELLED and self._call.cancelled():
                 raise StopIteration from None  # we cancelled it ourselves
-            raise ExportApiError.from_rpc_error(err, self._address) from None
+            raise ExportApiError.from_rpc_error(err, self._address, self._secured) from None
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -286,28 +328,34 @@ def _struct(value: Mapping | struct_pb2.Struct | None) -> struct_pb2.Struct | No
 class ExportClient:
     """Calls ExportTaskService and BatchTaskService as one principal of one project.
 
-    Sends `authorization: Bearer <token>` and, when `instance_id` is set, `instance-id` on every call.
+    Sends `authorization: Bearer <token>` (none when `token` is empty: a client certificate bound
+    to a principal then authenticates) and, when `instance_id` is set, `instance-id` on every call.
     Unary calls time out after `timeout` seconds; streams (watch, download) have no deadline unless
-    one is passed. Use as a context manager, or call close()."""
+    one is passed. `address` `https://HOST:PORT`, or `tls` (TlsSettings: CA, client certificate and
+    key files), makes a TLS channel. Use as a context manager, or call close()."""
 
     def __init__(self, address: str, token: str, project_id: str, instance_id: str | None = None,
                  timeout: float = 30.0, *, options: list[tuple[str, Any]] | None = None,
-                 channel: grpc.Channel | None = None):
+                 channel: grpc.Channel | None = None, tls: TlsSettings | None = None):
         self.address = address
         self.project_id = project_id
         self.instance_id = instance_id or None
         self.timeout = timeout
-        metadata = [("authorization", f"Bearer {token}")]
+        metadata = [("authorization", f"Bearer {token}")] if token else []
         if self.instance_id:
             metadata.append(("instance-id", self.instance_id))
         self.metadata = tuple(metadata)
         self._own_channel = channel is None
-        self.channel = channel if channel is not None else grpc.insecure_channel(address, options=options or [])
+        if channel is not None:
+            self.channel, self.secured = channel, tls is not None
+        else:
+            self.channel, self.secured = open_channel(address, tls, options)
         self.exports = epb_grpc.ExportTaskServiceStub(self.channel)
         self.batches = bpb_grpc.BatchTaskServiceStub(self.channel)
 
     @classmethod
     def from_credentials(cls, creds: Credentials, **kw) -> "ExportClient":
+        kw.setdefault("tls", creds.tls)
         return cls(creds.address, creds.token, creds.project_id, creds.instance_id, **kw)
 
     def close(self) -> None:
@@ -326,10 +374,10 @@ class ExportClient:
         try:
             return method(request, metadata=self.metadata, timeout=self.timeout)
         except grpc.RpcError as err:
-            raise ExportApiError.from_rpc_error(err, self.address) from None
+            raise ExportApiError.from_rpc_error(err, self.address, self.secured) from None
 
     def _stream(self, method, request, timeout: float | None) -> ResponseStream:
-        return ResponseStream(method(request, metadata=self.metadata, timeout=timeout), self.address)
+        return ResponseStream(method(request, metadata=self.metadata, timeout=timeout), self.address, self.secured)
 
     # -- export tasks ----------------------------------------------------------------------------
 
@@ -551,7 +599,7 @@ class ExportClient:
             response = health_pb2_grpc.HealthStub(self.channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
         except grpc.RpcError as err:
-            raise ExportApiError.from_rpc_error(err, self.address) from None
+            raise ExportApiError.from_rpc_error(err, self.address, self.secured) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 

@@ -32,6 +32,7 @@ from ..domain.progress import ProgressHub
 from ..logs import request_id_var, user_var
 from ..metrics import Metrics
 from . import errors, render
+from .tls import grpc_peer_identity
 
 log = logging.getLogger("iotda_export.rpc")
 
@@ -66,11 +67,20 @@ class Handlers:
         # Set when the server starts stopping: a stream cut from then on was cut by the shutdown,
         # which the client sees as UNAVAILABLE.
         self.shutting_down = False
+        # Set with a client CA (mutual TLS): a verified client certificate may name the caller.
+        self.client_certs = False
 
-    def _authorize(self, md: dict[str, str], project_id: str, operation: str) -> Caller:
+    def _client_cert(self, context) -> tuple[str, tuple[str, ...]] | None:
+        if not self.client_certs:
+            return None
+        identity = grpc_peer_identity(context)
+        return None if identity is None else (identity.subject, identity.sans)
+
+    def _authorize(self, md: dict[str, str], project_id: str, operation: str,
+                   client_cert: tuple[str, tuple[str, ...]] | None = None) -> Caller:
         """Blocking (reads the store): who is calling, and may they do `operation`."""
         principal = self.authenticator.authenticate(bearer_token(md), md.get(FRONT_END_USER, ""),
-                                                    md.get(FRONT_END_KEY, ""))
+                                                    md.get(FRONT_END_KEY, ""), client_cert)
         user_var.set(principal.user)
         caller = Caller(principal=principal, project_id=validation.project_id(project_id),
                         instance_id=validation.instance_id(md.get("instance-id", "")))
@@ -105,11 +115,12 @@ class Handlers:
         request_id = self._begin(md)
         started = time.monotonic()
         code = "OK"
+        cert = self._client_cert(context)
         try:
             if point_reads and self.store.fast_local_reads:
-                response = work(self._authorize(md, request.project_id, operation))
+                response = work(self._authorize(md, request.project_id, operation, cert))
             else:
-                response = await _in_thread(lambda: work(self._authorize(md, request.project_id, operation)))
+                response = await _in_thread(lambda: work(self._authorize(md, request.project_id, operation, cert)))
             if http_code:
                 # Initial metadata is a send of its own: only when an HTTP gateway needs the code
                 # (201, 204) before the body; otherwise the request id rides with the status.
@@ -138,7 +149,8 @@ class Handlers:
         ended = False  # the stream ran to its end, or ended with a status of ours
         slot = None
         try:
-            caller = await _in_thread(lambda: self._authorize(md, request.project_id, operation))
+            cert = self._client_cert(context)
+            caller = await _in_thread(lambda: self._authorize(md, request.project_id, operation, cert))
             slot = limiter.acquire(caller.owner)
             agen = gen_fn(caller)
             first = await agen.__anext__()
