@@ -134,7 +134,9 @@ def test_seed_export_watch_list_download(served):
     # The second download within 30 s: a clear refusal with the retry time, exit 1, no file.
     err = refused(served.run("export", "download", export_task_id, "-o", "again.zip"), 1,
                   "error: RESOURCE_EXHAUSTED IOTDA.018003: ", "retry after ")
-    assert len(err.strip().splitlines()) == 2
+    # ... and the request id the server gave the call, to quote when reporting a problem.
+    assert len(err.strip().splitlines()) == 3
+    assert re.search(r"^  request id [0-9a-f]{32}$", err, re.M), err
     assert not (served.cwd / "again.zip").exists()
 
     # An interrupted download resumes from <FILE>.part; a resume of the last download is not a new one.

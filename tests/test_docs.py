@@ -159,7 +159,7 @@ def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 
 
 def test_every_flag_of_every_subcommand_is_documented_in_its_section():
-    from iotda_export_client.cli import build_parser
+    from iotda_export_server.cli import build_parser
     page = CONFIGURATION.read_text(encoding="utf-8")
     parser = build_parser()
     leaves = list(commands(parser))

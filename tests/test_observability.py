@@ -108,7 +108,7 @@ def test_json_logs_carry_request_id_and_user_and_no_secret(tmp_path):
     log_path = tmp_path / "serve.err"
     with open(log_path, "w") as err, open(tmp_path / "serve.out", "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "iotda_export_client.cli", "serve", "--data-dir", str(data), "--grpc-addr",
+            [sys.executable, "-m", "iotda_export_server.cli", "serve", "--data-dir", str(data), "--grpc-addr",
              "127.0.0.1:0", "--workers", "1", "--log-format", "json"],
             stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "IOTDA_EXPORT_LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"})
@@ -121,7 +121,7 @@ def test_json_logs_carry_request_id_and_user_and_no_secret(tmp_path):
         grpc_addr = wait_for(address, 30, what="serve to print its address")
         creds = json.loads((data / "credentials.json").read_text())
         md = (("authorization", f"Bearer {creds['token']}"), ("x-request-id", "req-observability-1"))
-        seeded = subprocess.run([sys.executable, "-m", "iotda_export_client.cli", "seed", "--data-dir", str(data),
+        seeded = subprocess.run([sys.executable, "-m", "iotda_export_server.cli", "seed", "--data-dir", str(data),
                                  "--subtasks", "500", "--json"], capture_output=True, text=True, timeout=60)
         assert seeded.returncode == 0, seeded.stderr
         task_id = json.loads(seeded.stdout)["task_id"]

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -36,8 +37,10 @@ from iotda.export.v1 import export_task_pb2 as epb
 from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
 
 __all__ = [
-    "DEFAULT_ADDRESS", "DEFAULT_CREDENTIALS_FILE", "Credentials", "CredentialsError", "DownloadError",
-    "ExportApiError", "ExportClient", "ResponseStream", "ServerUnreachable", "load_credentials",
+    "DEFAULT_ADDRESS", "DEFAULT_CREDENTIALS_FILE", "AlreadyExists", "Credentials", "CredentialsError",
+    "DownloadError", "ExportApiError", "ExportClient", "FailedPrecondition", "InvalidArgument", "NotFound",
+    "PermissionDenied", "ResourceExhausted", "ResponseStream", "ServerUnreachable", "ServiceUnavailable",
+    "Unauthenticated", "check_address", "load_credentials",
 ]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -59,14 +62,20 @@ _LIST_FILTERS = ("resource_type", "resource_condition", "task_id", "app_type", "
 class ExportApiError(Exception):
     """A refused call: the gRPC status plus the details of its google.rpc.Status.
 
+    Raised as the subclass of its gRPC code (InvalidArgument, Unauthenticated, PermissionDenied,
+    NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted, ServiceUnavailable, or
+    ServerUnreachable when no server answered); this class for any other code.
+
     Attributes: `code` (grpc.StatusCode), `message`, `error_code` (the platform's IOTDA.xxxxxx from
-    ErrorInfo.metadata["error_code"], or None), `reason` (ErrorInfo.reason), `domain`, `metadata`
-    (ErrorInfo.metadata), `field_violations` (list of (field, description) from BadRequest),
-    `retry_after` (seconds from RetryInfo, or None), `quota_violations` (list of (subject,
-    description) from QuotaFailure), `precondition_violations` (list of (type, subject,
+    ErrorInfo.metadata["error_code"], or None), `request_id` (the server's x-request-id of the call:
+    quote it when reporting a problem; None when no server answered), `reason` (ErrorInfo.reason),
+    `domain`, `metadata` (ErrorInfo.metadata), `field_violations` (list of (field, description) from
+    BadRequest), `retry_after` (seconds from RetryInfo, or None), `quota_violations` (list of
+    (subject, description) from QuotaFailure), `precondition_violations` (list of (type, subject,
     description)), `details` (every unpacked detail message)."""
 
     def __init__(self, code: grpc.StatusCode, message: str, *, error_code: str | None = None,
+                 request_id: str | None = None,
                  reason: str | None = None, domain: str | None = None, metadata: Mapping[str, str] | None = None,
                  field_violations: list[tuple[str, str]] | None = None, retry_after: float | None = None,
                  quota_violations: list[tuple[str, str]] | None = None,
@@ -75,6 +84,7 @@ class ExportApiError(Exception):
         self.code = code
         self.message = message
         self.error_code = error_code
+        self.request_id = request_id
         self.reason = reason
         self.domain = domain
         self.metadata = dict(metadata or {})
@@ -96,7 +106,7 @@ class ExportApiError(Exception):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(code={self.code_name}, error_code={self.error_code!r}, "
-                f"reason={self.reason!r}, message={self.message!r})")
+                f"request_id={self.request_id!r}, reason={self.reason!r}, message={self.message!r})")
 
     @classmethod
     def from_rpc_error(cls, err: grpc.RpcError, address: str = "") -> "ExportApiError":
@@ -107,13 +117,14 @@ class ExportApiError(Exception):
             status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
         except ValueError:  # the details disagree with the status line: keep the status line
             status = None
+        request_id = _request_id(err)
         if status is None:
-            if code == grpc.StatusCode.UNAVAILABLE and address:
+            if code == grpc.StatusCode.UNAVAILABLE and address and request_id is None:
                 # No google.rpc.Status: the transport's verdict (refused, unresolvable), not the service's.
                 return ServerUnreachable(code, message, address=address)
-            return cls(code, message)
+            return _ERRORS_BY_CODE.get(code, cls)(code, message, request_id=request_id)
         fields: dict[str, Any] = {"field_violations": [], "quota_violations": [],
-                                  "precondition_violations": [], "details": []}
+                                  "precondition_violations": [], "details": [], "request_id": request_id}
         for any_msg in status.details:
             for detail_type in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest,
                                 error_details_pb2.RetryInfo, error_details_pb2.QuotaFailure,
@@ -140,7 +151,51 @@ class ExportApiError(Exception):
                 fields["quota_violations"] += [(v.subject, v.description) for v in detail.violations]
             elif isinstance(detail, error_details_pb2.PreconditionFailure):
                 fields["precondition_violations"] += [(v.type, v.subject, v.description) for v in detail.violations]
-        return cls(code, status.message or message, **fields)
+        return _ERRORS_BY_CODE.get(code, cls)(code, status.message or message, **fields)
+
+
+def _request_id(err: grpc.RpcError) -> str | None:
+    """The x-request-id the server sent with the status (or, for a stream, at its start)."""
+    for getter in ("trailing_metadata", "initial_metadata"):
+        try:
+            for key, value in (getattr(err, getter)() or ()) if hasattr(err, getter) else ():
+                if key == "x-request-id" and isinstance(value, str):
+                    return value
+        except Exception:  # noqa: BLE001 - a call that never started has no metadata to read
+            continue
+    return None
+
+
+class InvalidArgument(ExportApiError):
+    """INVALID_ARGUMENT or OUT_OF_RANGE: the request breaks a rule; `field_violations` say where."""
+
+
+class Unauthenticated(ExportApiError):
+    """UNAUTHENTICATED: no token, or one the server does not know (IOTDA.000002)."""
+
+
+class PermissionDenied(ExportApiError):
+    """PERMISSION_DENIED: the principal may not do this here (IOTDA.000003 and the like)."""
+
+
+class NotFound(ExportApiError):
+    """NOT_FOUND: no such export or batch task of this caller (IOTDA.018001, IOTDA.019001)."""
+
+
+class AlreadyExists(ExportApiError):
+    """ALREADY_EXISTS."""
+
+
+class FailedPrecondition(ExportApiError):
+    """FAILED_PRECONDITION: not now in the task's state (e.g. no file yet, an unfinished batch task)."""
+
+
+class ResourceExhausted(ExportApiError):
+    """RESOURCE_EXHAUSTED: a quota or rate limit; `retry_after` says when to try again, if known."""
+
+
+class ServiceUnavailable(ExportApiError):
+    """UNAVAILABLE from the service itself (busy, restarting, its database away): retry shortly."""
 
 
 class ServerUnreachable(ExportApiError):
@@ -154,6 +209,15 @@ class ServerUnreachable(ExportApiError):
         return f"cannot reach the server at {self.address} ({self.code_name}: {self.message})"
 
 
+_ERRORS_BY_CODE: dict[grpc.StatusCode, type[ExportApiError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument, grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated, grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.NOT_FOUND: NotFound, grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition, grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: ServiceUnavailable,
+}
+
+
 class DownloadError(Exception):
     """The downloaded bytes do not match the size or sha256 the server announced (the partial file
     is removed), or a resume was asked for without a usable partial file."""
@@ -161,6 +225,39 @@ class DownloadError(Exception):
 
 class CredentialsError(Exception):
     """No usable credentials (token, project) could be found, or a credentials file is unreadable."""
+
+
+# -- addresses -----------------------------------------------------------------------------------
+
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
+
+
+def check_address(address: str) -> str:
+    """`address` if it is where a gRPC channel can go: HOST:PORT (a name, IPv4 or [IPv6]), or a
+    unix:PATH socket. Anything else raises ValueError saying the expected form, since grpc itself
+    takes a URL or a bare host as a name to resolve and fails later, vaguely."""
+    text = address.strip()
+    if text.startswith("unix:") and len(text) > 5:
+        return text
+    example = f"e.g. 127.0.0.1:50051 or [::1]:50051 (default {DEFAULT_ADDRESS})"
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    if scheme:
+        rest = text[scheme.end():].split("/", 1)[0]
+        return _fail(f"{address!r} has a scheme: give HOST:PORT without {scheme.group(1)}://, e.g."
+                     f" {rest if _HOST_PORT.fullmatch(rest) else DEFAULT_ADDRESS} (the gRPC port, serve's"
+                     " --grpc-addr; not the HTTP gateway's)")
+    m = _HOST_PORT.fullmatch(text)
+    if m is None:
+        if re.fullmatch(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+", text):
+            return _fail(f"{address!r} has no port: give HOST:PORT, e.g. {text}:50051")
+        return _fail(f"{address!r} is not HOST:PORT: {example}")
+    if not 1 <= int(m.group("port")) <= 65535:
+        return _fail(f"{address!r}: the port must be 1-65535, {example}")
+    return text
+
+
+def _fail(message: str):
+    raise ValueError(message)
 
 
 # -- credentials ---------------------------------------------------------------------------------
@@ -231,6 +328,11 @@ def load_credentials(address: str | None = None, token: str | None = None, proje
             values[key] = None
     if values["address"] is None:
         values["address"], sources["address"] = DEFAULT_ADDRESS, "default"
+    try:
+        check_address(values["address"])
+    except ValueError as e:
+        where = {"flag": "--address", "env": ENV_ADDRESS}.get(sources["address"], sources["address"])
+        raise CredentialsError(f"the address from {where}: {e}") from None
     if require_token and not values["token"]:
         raise CredentialsError(
             "no credentials: pass --token and --project or --credentials FILE, set IOTDA_EXPORT_TOKEN and"
