@@ -77,10 +77,19 @@ class CliParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:  # here, not at the top: the usage shown is this sub-command's
             self.error(self._unrecognized(extras))
         return namespace, extras
+
+    def error(self, message: str):
+        # A missing required flag is often a misspelt one: name the unknown flags too.
+        unknown = [x for x in getattr(self, "_given", ()) if x.startswith("--")
+                   and x.split("=", 1)[0] not in self._option_string_actions]
+        if unknown and "unrecognized arguments" not in message:
+            message = f"{self._unrecognized(unknown)}; {message}"
+        super().error(message)
 
     def _unrecognized(self, extras: list[str]) -> str:
         flags = [s for s in self._option_string_actions if s.startswith("--")]
@@ -164,10 +173,11 @@ def err(text: str) -> None:
 
 
 def unreachable_hint(address: str, message: str) -> str:
-    """What to do when nothing answers gRPC at `address`: the command that starts it."""
-    if "http1" in message.lower().replace(".", "") or "http/1" in message.lower():
-        return (f"{address} answers HTTP/1.1: that is the HTTP/JSON gateway's port (serve --http-addr); the"
-                " calling commands need the gRPC port (serve --grpc-addr)")
+    """What to do when no gRPC server answers at `address`: the command that starts what is missing."""
+    if "parsing HTTP/2" in message or "SETTINGS frame" in message or "http1" in message.lower():
+        # Something answered, but not in HTTP/2: most likely the gateway's port given for the gRPC one.
+        return (f"something at {address} answers, but not gRPC: is that the HTTP/JSON gateway's port"
+                " (serve --http-addr)? The calling commands need the gRPC port (serve --grpc-addr)")
     return (f"is the server running? Start it with: iotda-export serve --grpc-addr {address}"
             " (add --http-addr HOST:PORT for the HTTP/JSON gateway, the web console and /metrics)")
 
@@ -242,9 +252,11 @@ class ProgressBar:
 
     FORMAT = "{desc} {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]"
 
-    def __init__(self, export_task_id: str):
+    def __init__(self, export_task_id: str, file=None, clock: Callable[[], float] = time.monotonic):
         from tqdm import tqdm
         self._tqdm = tqdm
+        self.file = file or sys.stderr
+        self.clock = clock
         self.export_task_id = export_task_id
         self.bar = None
         self.run_key = None
@@ -259,12 +271,12 @@ class ProgressBar:
             self.runs += 1
             desc = f"export {self.export_task_id}" + (f" (re-run {self.runs - 1})" if self.runs > 1 else "")
             if restarted:
-                print(f"export {self.export_task_id} re-run: progress starts again", file=sys.stderr)
-            self.bar = self._tqdm(total=100, file=sys.stderr, desc=desc, unit="%", bar_format=self.FORMAT,
+                print(f"export {self.export_task_id} re-run: progress starts again", file=self.file)
+            self.bar = self._tqdm(total=100, file=self.file, desc=desc, unit="%", bar_format=self.FORMAT,
                                   smoothing=0.3)
             self.rate_base = None
         self.run_key = task.create_time
-        now = time.monotonic()
+        now = self.clock()
         if self.rate_base is None:
             self.rate_base = (now, task.export_count)
         t0, rows0 = self.rate_base
@@ -277,7 +289,7 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.set_postfix_str(f"reconnecting… (attempt {attempt} of {WATCH_RECONNECTS})", refresh=True)
         else:
-            print(f"reconnecting… (attempt {attempt} of {WATCH_RECONNECTS})", file=sys.stderr)
+            print(f"reconnecting… (attempt {attempt} of {WATCH_RECONNECTS})", file=self.file)
 
     def close(self) -> None:
         if self.bar is not None:
