@@ -24,6 +24,8 @@ import xlrd
 
 from iotda_export_server.runner.xls_writer import HEADER
 
+from conftest import wait_for
+
 BIN = pathlib.Path(sys.executable).parent
 CLI = str(BIN / "iotda-export")
 
@@ -372,3 +374,62 @@ def test_the_watch_bar_shows_rows_per_second_an_eta_re_runs_and_reconnecting():
     bar.close()
     text = out.getvalue()
     assert text.count("re-run: progress starts again") == 2 and "(re-run 2)" in text
+
+
+def test_the_watch_bar_says_reconnecting_while_the_server_restarts(tmp_path):
+    """`export create --watch` against a real `serve` that is stopped (SIGTERM) mid-export and started
+    again on the same address: the bar says reconnecting… while nothing answers, and the command
+    ends with the Success of the requeued run. (Whether the bar also sees the re-run depends on how
+    far the new run got before the watch is back: the bar's re-run rule has its own test above.)"""
+    from iotda_export_server.app import seed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen([CLI, "serve", "--data-dir", "data", "--grpc-addr", address, "--workers", "1"],
+                                cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)
+        for line in proc.stdout:  # the banner: listening, then (first start) the credentials
+            if "listening on " in line:
+                threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+                return proc
+        raise AssertionError(f"serve exited with {proc.wait()} before listening")
+
+    server = start()
+    task_id = seed(str(tmp_path / "data"), 150_000)
+    out = open(tmp_path / "watch.out", "w")
+    watcher = subprocess.Popen([CLI, "export", "create", "--task-id", task_id, "--watch"], cwd=tmp_path,
+                               env=clean_env(IOTDA_EXPORT_ADDRESS=address), stdout=out, stderr=subprocess.PIPE)
+    err = bytearray()
+
+    def drain():
+        while chunk := os.read(watcher.stderr.fileno(), 4096):
+            err.extend(chunk)
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+
+    def progress() -> int:
+        found = re.findall(rb" (\d+)%\|", bytes(err))
+        return int(found[-1]) if found else 0
+    try:
+        wait_for(lambda: progress() > 1 or watcher.poll() is not None, 60, what="the export to make progress")
+        assert watcher.poll() is None, bytes(err).decode()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+        wait_for(lambda: "reconnecting…".encode() in err, 30, what="the bar to say reconnecting")
+        server = start()
+        assert watcher.wait(120) == 0, bytes(err).decode()
+        reader.join(10)
+        text = bytes(err).decode()
+        assert re.search(r"\d%\|.*reconnecting… \(attempt 1 of 5\).*100%\|.*Success, 150,000 rows", text), text
+        stdout = (tmp_path / "watch.out").read_text()
+        assert re.search(r"^status\s+Success$", stdout, re.M)
+        assert re.search(r"^export_count\s+150000$", stdout, re.M)
+    finally:
+        out.close()
+        for proc in (watcher, server):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
