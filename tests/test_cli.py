@@ -423,7 +423,7 @@ def test_the_watch_bar_says_reconnecting_while_the_server_restarts(tmp_path):
         assert watcher.wait(120) == 0, bytes(err).decode()
         reader.join(10)
         text = bytes(err).decode()
-        assert re.search(r"\d%\|.*reconnecting… \(attempt 1 of 5\).*100%\|.*Success, 150,000 rows", text), text
+        assert re.search(r"\d%\|.*reconnecting… \(attempt 1 of 5\).*100%\|.*Success, 150,000 rows", text, re.S), text
         stdout = (tmp_path / "watch.out").read_text()
         assert re.search(r"^status\s+Success$", stdout, re.M)
         assert re.search(r"^export_count\s+150000$", stdout, re.M)

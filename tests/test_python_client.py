@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from iotda_export_client import (AsyncExportClient, ExportApiError, ExportClient, InvalidArgument, NotFound,
-                                 PermissionDenied, ResourceExhausted, ServerUnreachable, Unauthenticated)
+                                 PermissionDenied, ServerUnreachable, Unauthenticated)
 from iotda_export_server.domain.batches import seed_batch_task
 
 from conftest import ServerThread, make_user
