@@ -253,6 +253,22 @@ words iotda-export principal add --out
     assert ok(served.run("completion", "zsh")).stdout.startswith("#compdef iotda-export")
 
 
+def test_no_parser_abbreviates_flags():
+    import argparse
+
+    from iotda_export_server.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from parsers(child)
+    everyone = list(parsers(build_parser()))
+    assert len(everyone) > 20 and all(p.allow_abbrev is False for p in everyone), \
+        [p.prog for p in everyone if p.allow_abbrev]
+
+
 def test_usage_errors_show_the_sub_command_and_the_closest_word(served):
     # An unknown sub-command: the usage of the command it was given to, and the nearest name.
     err = refused(served.run("export", "lst"), 2, "did you mean list?")
