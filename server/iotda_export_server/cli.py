@@ -15,8 +15,8 @@ import os
 import signal
 import sys
 
-from iotda_export_client.cli import (CALLING_NOTES, UsageError, add_client_commands, env_option, err, json_flag, new_parser,
-                                     print_block, print_json, print_table, run, split_list)
+from iotda_export_client.cli import (CALLING_NOTES, UsageError, add_client_commands, env_option, err, json_flag,
+                                     new_parser, print_block, print_json, print_table, run, split_list)
 
 
 def _serve(args: argparse.Namespace) -> int:
