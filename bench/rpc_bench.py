@@ -77,7 +77,7 @@ class Api:
         tls = ["--tls-cert", os.path.join(certs, "server.crt"), "--tls-key", os.path.join(certs, "server.key")] \
             if certs else []
         # One user holds every stream of the fan-out figure: lift the per-user cap (100) above them.
-        self.proc = _popen("-m", "iotda_export_client.cli", "serve", "--data-dir", data_dir,
+        self.proc = _popen("-m", "iotda_export_server.cli", "serve", "--data-dir", data_dir,
                            "--grpc-addr", "127.0.0.1:0", "--workers", "0", "--max-watch-streams-per-user", "100000",
                            *(["--http-addr", "127.0.0.1:0"] if http else []), *tls, log=self.log)
         deadline = time.monotonic() + 60

@@ -4,7 +4,7 @@ What it reads, so that re-running it picks up whatever is added later (a new sub
 environment variable, a new rule):
 
 - the `iotda-export` command: every sub-command and flag of the argparse parser that
-  `iotda_export_client.cli.build_parser()` returns, with its value, default and help text. The
+  `iotda_export_server.cli.build_parser()` returns, with its value, default and help text. The
   parser is built with every IOTDA_EXPORT_* variable removed from the environment, so the defaults
   shown are the built-in ones whoever runs this; which variable sets a flag's default is found by
   building the parser again with each variable set;
@@ -187,7 +187,7 @@ def environment(**values: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from iotda_export_client import cli
+    from iotda_export_server import cli
     return cli.build_parser()
 
 
@@ -428,7 +428,8 @@ def generate() -> str:
         "# Configuration reference",
         "",
         "Everything here is read from the code: the `iotda-export` command's parser"
-        " (`client/iotda_export_client/cli.py`, `build_parser()`), the `IOTDA_EXPORT_*` variables the Python"
+        " (`server/iotda_export_server/cli.py`, `build_parser()`, which mounts the calling commands of"
+        " `client/iotda_export_client/cli.py`), the `IOTDA_EXPORT_*` variables the Python"
         " source reads, and the constants of `server/iotda_export_server/domain/rules.py`.",
         "",
         "- [The `iotda-export` command](#the-iotda-export-command)",

@@ -38,12 +38,12 @@ from tls_support import Pki, https, mtls_server, new_user, pki, tls_server  # no
 from iotda.export.v1 import export_task_pb2 as epb
 from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
 from iotda_export_client import ExportApiError, ExportClient, TlsError, TlsSettings
-from iotda_export_client import devcerts
+from iotda_export_server import devcerts
 from iotda_export_server.app import add_principal
 from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.testing import ServerThread
 
-CLI = [sys.executable, "-m", "iotda_export_client.cli"]
+CLI = [sys.executable, "-m", "iotda_export_server.cli"]
 
 
 # -- gRPC with TLS ----------------------------------------------------------------------------------
@@ -66,9 +66,8 @@ def test_the_address_scheme_and_tls_files_decide_the_transport(tls_server, pki):
     for address in (tls_server.address, f"localhost:{tls_server.port}"):
         with ExportClient(address, user["token"], user["project_id"], tls=pki.tls()) as client:
             assert client.list_exports().page.count == 0
-    # An http:// address with TLS files is a contradiction, said before any connection.
-    from iotda_export_client import TlsFileError
-    with pytest.raises(TlsFileError, match="plaintext"):
+    # An http:// address is not a gRPC address: said before any connection, with the TLS spelling.
+    with pytest.raises(ValueError, match="has a scheme.*https://HOST:PORT for TLS"):
         ExportClient(f"http://{tls_server.address}", user["token"], user["project_id"], tls=pki.tls())
 
 

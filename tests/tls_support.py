@@ -1,5 +1,5 @@
 """Certificates and TLS servers shared by the TLS tests (test_tls.py, test_tls_clients.py), made with
-the same code as `iotda-export dev-certs` (client/iotda_export_client/devcerts.py)."""
+the same code as `iotda-export dev-certs` (server/iotda_export_server/devcerts.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pathlib
 import pytest
 
 from iotda_export_client import TlsSettings
-from iotda_export_client import devcerts
+from iotda_export_server import devcerts
 from iotda_export_server.app import add_principal
 from iotda_export_server.testing import ServerThread
 

@@ -1,11 +1,15 @@
-"""Python client of iotda-export (gRPC): `ExportClient`, `ExportApiError`, `load_credentials`."""
+"""Python client of iotda-export (gRPC): `ExportClient` (sync), `AsyncExportClient` (asyncio), the
+typed errors (`ExportApiError` and its subclasses, carrying the IOTDA code and the request id),
+`TlsSettings` and `load_credentials`. How to use it: docs/how-to/python-client.md."""
 
 import importlib
 
 __all__ = [
-    "DEFAULT_ADDRESS", "DEFAULT_CREDENTIALS_FILE", "Credentials", "CredentialsError", "DownloadError",
-    "ExportApiError", "ExportClient", "ResponseStream", "ServerUnreachable", "TlsError", "TlsFileError",
-    "TlsSettings", "load_credentials",
+    "DEFAULT_ADDRESS", "DEFAULT_CREDENTIALS_FILE", "AlreadyExists", "AsyncExportClient", "AsyncResponseStream",
+    "Credentials", "CredentialsError", "DownloadError", "ExportApiError", "ExportClient", "FailedPrecondition",
+    "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted", "ResponseStream", "ServerUnreachable",
+    "ServiceUnavailable", "TlsError", "TlsFileError", "TlsSettings", "Unauthenticated", "check_address",
+    "load_credentials",
 ]
 
 

@@ -13,6 +13,8 @@ import os
 
 import grpc
 
+from .addresses import split_address
+
 ENV_TLS_CA = "IOTDA_EXPORT_TLS_CA"
 ENV_CLIENT_CERT = "IOTDA_EXPORT_CLIENT_CERT"
 ENV_CLIENT_KEY = "IOTDA_EXPORT_CLIENT_KEY"
@@ -52,24 +54,19 @@ def _read_pem(path: str, what: str) -> bytes:
     return data
 
 
-def split_address(address: str) -> tuple[str, bool | None]:
-    """(HOST:PORT, True for https://, False for http://, None without a scheme)."""
-    for scheme, tls in (("https://", True), ("grpcs://", True), ("http://", False), ("grpc://", False)):
-        if address.lower().startswith(scheme):
-            return address[len(scheme):].rstrip("/"), tls
-    return address, None
-
-
-def open_channel(address: str, tls: TlsSettings | None = None, options: list | None = None) -> tuple[grpc.Channel, bool]:
-    """A channel to `address`, secured when the address or `tls` asks for it; (channel, secured)."""
+def open_channel(address: str, tls: TlsSettings | None = None, options: list | None = None,
+                 aio: bool = False) -> tuple[grpc.Channel, bool]:
+    """A channel to `address` (a grpc.aio one with `aio`), secured when the address or `tls` asks for
+    it; (channel, secured)."""
+    make = grpc.aio if aio else grpc
     target, scheme_tls = split_address(address)
     secured = scheme_tls if scheme_tls is not None else tls is not None
     if scheme_tls is False and tls is not None and (tls.ca or tls.cert):
         raise TlsFileError(f"{address} is a plaintext (http://) address, but TLS files were given:"
                            " use https:// or drop --tls-ca/--tls-cert")
     if secured:
-        return grpc.secure_channel(target, (tls or TlsSettings()).credentials(), options=options or []), True
-    return grpc.insecure_channel(target, options=options or []), False
+        return make.secure_channel(target, (tls or TlsSettings()).credentials(), options=options or []), True
+    return make.insecure_channel(target, options=options or []), False
 
 
 # What gRPC's transport says when a handshake fails -> what to fix. The first match wins; `secured` is
