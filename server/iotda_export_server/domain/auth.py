@@ -152,12 +152,15 @@ class Authenticator:
         """The principal bound to this verified client certificate: by its subject, else by one of
         its SANs (in the certificate's order)."""
         reader = self.store.reader()
-        principal = reader.principal_by("client_cert_subject", subject) if subject else None
-        for san in sans:
+        if subject:
+            principal = reader.principal_by("client_cert_subject", subject)
             if principal is not None:
-                break
+                return principal
+        for san in sans:
             principal = reader.principal_by("client_cert_san", san)
-        return principal
+            if principal is not None:
+                return principal
+        return None
 
     def by_token(self, token: str) -> Principal:
         if not token:
