@@ -348,7 +348,7 @@ def test_a_sqlite_database_of_an_earlier_version_migrates_owners_to_ids(tmp_path
             for row in rows:
                 db.execute(f"INSERT INTO {table} ({V1_COLUMNS[table]}) VALUES ({', '.join('?' * len(row))})", row)
     store = open_store(data)
-    assert store.schema_version() == sqlite_store.migrations()[-1][0] == 3
+    assert store.schema_version() == sqlite_store.migrations()[-1][0] == 4
     ids = _check_migrated(lambda q: [tuple(r) for r in store.reader().c.execute(q).fetchall()])
     store.close()
 
