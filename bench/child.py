@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pathlib
 import sys
 import time
 import zipfile
@@ -26,7 +27,8 @@ def _sha256_file(path: str) -> str:
 
 
 def fast(data_dir: str, task_id: str) -> dict:
-    from iotda_export_server.runner.worker import _digest, write_subtasks
+    from iotda_export_server.runner.worker import write_subtasks
+    from iotda_export_server.store.files import LocalUpload
     from iotda_export_server.runner.xls_writer import XlsZipWriter
     from iotda_export_server.store import open_store
 
@@ -40,7 +42,7 @@ def fast(data_dir: str, task_id: str) -> dict:
         with XlsZipWriter(out, "export.xls") as writer:
             write_subtasks(snap, task_id, writer)
             rows = writer.finish()
-    size, _ = _digest(out)
+    size, _ = LocalUpload(pathlib.Path(out)).complete()
     seconds = time.perf_counter() - start
     cpu = time.process_time() - cpu
     peak = vmhwm_kb()

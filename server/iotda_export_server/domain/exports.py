@@ -469,7 +469,7 @@ class ExportJobs:
         with self.store.transaction(lock_key=claim.task.owner) as tx:
             current = tx.export_task(task_id)
             if current is None or current.run_token != claim.run_token or current.run_state != "running":
-                upload.abort()
+                self.files.drop(upload)
                 return False
             key = self.files.publish(upload, task_id)
             tx.update_export_task(task_id, status=rules.STATUS_SUCCESS, status_desc=None,

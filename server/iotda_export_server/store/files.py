@@ -5,7 +5,8 @@ or an S3-compatible bucket (`s3://bucket/prefix`, store/s3files.py). Both give t
   upload), complete() when whole (size, sha256), abort() otherwise;
 - publish(upload, export_task_id) -> the key to record with Success (under the owner's lock);
 - open(export_task_id, key) -> (a readable, seekable file, its size), FileNotFoundError if missing;
-- remove(export_task_id, key=None), discard(key), temp_files()/drop_temp() for dead runs, and
+- drop(upload) when the run was superseded, remove(export_task_id, key=None), discard(key),
+  temp_files()/drop_temp() for dead runs, and
   sweep_orphans() for what a crash left behind.
 
 Local: `<files>/<export_task_id>.zip`, written under a temporary name in the same directory and
@@ -84,6 +85,10 @@ class ResultFiles:
             os.fsync(fd)  # make the rename durable before the database says Success
         finally:
             os.close(fd)
+
+    def drop(self, upload: "pathlib.Path | LocalUpload") -> None:
+        """A finished run's file that is not published (its run was superseded)."""
+        LocalUpload(pathlib.Path(getattr(upload, "path", upload))).abort()
 
     def open(self, export_task_id: str, key: str | None = None) -> tuple[BinaryIO, int]:
         f = open(self.path(export_task_id), "rb")

@@ -129,6 +129,10 @@ class S3Files:
         upload._state = "published"
         return upload.key
 
+    def drop(self, upload: "S3Upload") -> None:
+        """A finished run's object that is not published (its run was superseded)."""
+        upload.abort()
+
     def discard(self, key: str | None) -> None:
         """Deletes an object no row names any more (a replaced file)."""
         if key:
