@@ -35,6 +35,9 @@ from ..domain.errors import FilesUnavailable
 from ..domain.validation import RECORD_ID
 
 log = logging.getLogger("iotda_export.files")
+# botocore says at INFO where it found credentials and the endpoint, in every process: noise here.
+_botocore_log = logging.getLogger("botocore")
+_botocore_log.setLevel(max(_botocore_log.getEffectiveLevel(), logging.WARNING))
 
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 _NO_UPLOAD_CODES = {"404", "NoSuchUpload"}
