@@ -9,6 +9,7 @@ runs last."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import subprocess
@@ -81,6 +82,18 @@ def _download(user, export_task_id: str, offset: int = 0) -> tuple[bytes, epb.Sh
     return data, first
 
 
+def _http_file(server, user, export_task_id: str, query: str = "") -> tuple[int, bytes]:
+    """The HTTP gateway's download (GET .../export-tasks/{id}/file)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        conn.request("GET", f"/v5/iot/{user.project_id}/export-tasks/{export_task_id}/file"
+                     + (f"?{query}" if query else ""), headers={"X-Auth-Token": user.creds["token"]})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
 def _rows_of(zip_bytes: bytes) -> list[list[str]]:
     with zipfile.ZipFile(io.BytesIO(zip_bytes)) as z:
         (name,) = z.namelist()
@@ -109,6 +122,9 @@ def test_an_export_is_streamed_into_the_bucket_and_downloaded_whole_and_by_range
     # The resumable offset is a ranged read (a free resume of the download just counted).
     tail, _ = _download(user, final.export_task_id, offset=len(stored) // 2)
     assert tail == stored[len(stored) // 2:]
+    # The HTTP gateway streams the same bytes (another free resume, from an offset past the last).
+    status, body = _http_file(s3_server, user, final.export_task_id, f"offset={len(stored) * 3 // 4}")
+    assert (status, body) == (200, stored[len(stored) * 3 // 4:])
 
 
 def test_a_rerun_replaces_the_object_and_a_delete_removes_it(s3, s3_server, s3_channel):
@@ -214,6 +230,8 @@ def test_a_store_out_of_reach_is_unavailable_then_the_service_recovers(s3, s3_se
         assert failure.code == grpc.StatusCode.UNAVAILABLE, failure
         assert "object store" in failure.message and "unreachable" in failure.message, failure.message
         assert s3.env()["AWS_SECRET_ACCESS_KEY"] not in failure.message
+        status, body = _http_file(s3_server, user, final.export_task_id)  # HTTP: 503, the platform's body
+        assert status == 503 and json.loads(body)["error_code"] == "IOTDA.000503", (status, body[:300])
         # The task is still there and still Success: nothing was marked damaged.
         assert _row(s3_server, final.export_task_id).status == rules.STATUS_SUCCESS
         status, body = wait_for(lambda: (r := _readyz(s3_server))[0] == 503 and r, timeout=20,
