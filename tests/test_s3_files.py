@@ -210,6 +210,18 @@ def test_a_missing_bucket_stops_the_start_naming_it(s3, tmp_path):
     assert s3.env()["AWS_SECRET_ACCESS_KEY"] not in r.stderr + r.stdout
 
 
+def test_principal_remove_deletes_the_users_objects_from_the_bucket(s3, s3_server, s3_channel):
+    user = make_user(s3_server, s3_channel)
+    batch_task_id, _ = seed_known(user, 200)
+    final = _export(_client(user), batch_task_id)
+    assert s3.objects(f"{PREFIX}/{final.export_task_id}/")
+    r = subprocess.run([sys.executable, "-m", "iotda_export_client.cli", "principal", "remove", "--data-dir",
+                        s3_server.data_dir, "--files-url", f"s3://{s3.bucket}/{PREFIX}", "--user", user.creds["user"]],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r
+    assert s3.objects(f"{PREFIX}/{final.export_task_id}/") == []
+
+
 def _readyz(server) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(f"{server.http_url}/readyz", timeout=10) as r:
