@@ -8,12 +8,15 @@ runs last."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import http.client
 import io
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -26,6 +29,7 @@ from conftest import ServerThread, make_user, rpc_failure, seed_known, wait_for
 from iotda.export.v1 import export_task_pb2 as epb
 from iotda_export_client import ExportClient
 from iotda_export_server.domain import rules
+from iotda_export_server.runner.supervisor import Supervisor
 from iotda_export_server.store.files import open_files
 from s3_support import SeaweedS3
 
@@ -178,6 +182,28 @@ def test_the_sweep_removes_orphaned_objects_and_aborts_abandoned_uploads(s3, s3_
     assert stray not in s3.objects() and kept in s3.objects() and outside in s3.objects()
     assert abandoned not in s3.uploads()
     client.delete_object(Bucket=s3.bucket, Key=outside)
+
+
+def test_every_process_sweeps_the_bucket_while_it_runs(s3, s3_server):
+    """Supervisor.run sweeps now and then (not only at start-up): an orphan a crash leaves while the
+    service runs goes without a restart. Here with no grace (lease 0) and a short period."""
+    stray = f"{PREFIX}/{'9' * 24}/feedface.zip"
+    s3.client().put_object(Bucket=s3.bucket, Key=stray, Body=b"orphan")
+    running = s3_server.server.supervisor
+    supervisor = Supervisor(dataclasses.replace(running.config, lease_seconds=0), 0, running.jobs,
+                            check_seconds=0.05, sweep_seconds=0.1)
+
+    async def sweep_until_gone():
+        task = asyncio.create_task(supervisor.run())
+        try:
+            deadline = time.monotonic() + 30
+            while stray in await asyncio.to_thread(s3.objects, f"{PREFIX}/"):
+                assert time.monotonic() < deadline, "the running sweep left the orphan"
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+
+    asyncio.run(sweep_until_gone())
 
 
 def test_an_upload_sends_bounded_parts_and_abort_leaves_nothing(s3, tmp_path):
