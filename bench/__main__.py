@@ -8,7 +8,8 @@ rows from memory), byte identity of the two files, a 30,000-row export from Crea
 the Success event vs plain xlwt writing those rows, the peak RSS of a process exporting 1,000,000
 rows; the RPC figures (bench/rpc_bench.py); the TLS figures against plaintext (bench/tls_bench.py); the recovery figures on PostgreSQL (bench/recovery_bench.py:
 a killed worker's takeover vs the lease it held, Success reaching another replica's watcher vs a
-10 ms poll). Medians of --runs runs; the machine is shared
+10 ms poll); result files in object storage on a real SeaweedFS (bench/s3_bench.py: export
+throughput vs the local directory, peak RSS, download throughput). Medians of --runs runs; the machine is shared
 and noisy, so the ratios (measured in one run, interleaved) are what to compare.
 """
 
@@ -35,7 +36,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run, no goals judged (CI)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 3, smoke 1)")
     parser.add_argument("--only", default="",
-                        help="comma-separated: throughput,create,rss,rpc,tls,hostile,recovery,profile")
+                        help="comma-separated: throughput,create,rss,rpc,tls,hostile,recovery,s3,profile")
     parser.add_argument("--out", default=None, help=f"results file (default {RESULTS} in a full run)")
     return parser.parse_args(argv)
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     smoke = args.smoke
     runs = args.runs or (1 if smoke else 3)
     only = set(filter(None, args.only.split(","))) or {"throughput", "create", "rss", "rpc", "tls", "hostile",
-                                                        "recovery", "profile"}
+                                                        "recovery", "s3", "profile"}
     sizes = {
         "throughput": 3_000 if smoke else 200_000,
         "create": 2_000 if smoke else 30_000,
@@ -99,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         if "recovery" in only:
             from bench import recovery_bench
             for figure in recovery_bench.run(base, smoke, runs):
+                figures.append(figure)
+                show(figure, not smoke)
+        if "s3" in only:
+            from bench import s3_bench
+            for figure in s3_bench.run(base, smoke, runs, sizes["throughput"], sizes["rss"], 250):
                 figures.append(figure)
                 show(figure, not smoke)
         if "profile" in only:

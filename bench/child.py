@@ -2,6 +2,7 @@
 
     python -m bench.child fast  DATA_DIR TASK_ID   # the worker's path: SQLite -> finished zip
     python -m bench.child naive DATA_DIR TASK_ID   # plain xlwt, rows already in memory -> .xls
+    python -m bench.child s3    DATA_DIR TASK_ID FILES_URL  # the worker's path into an object store
     python -m bench.child idle                     # the imports only (RSS floor)
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pathlib
 import sys
 import time
 import zipfile
@@ -26,7 +28,8 @@ def _sha256_file(path: str) -> str:
 
 
 def fast(data_dir: str, task_id: str) -> dict:
-    from iotda_export_server.runner.worker import _digest, write_subtasks
+    from iotda_export_server.runner.worker import write_subtasks
+    from iotda_export_server.store.files import LocalUpload
     from iotda_export_server.runner.xls_writer import XlsZipWriter
     from iotda_export_server.store import open_store
 
@@ -40,7 +43,7 @@ def fast(data_dir: str, task_id: str) -> dict:
         with XlsZipWriter(out, "export.xls") as writer:
             write_subtasks(snap, task_id, writer)
             rows = writer.finish()
-    size, _ = _digest(out)
+    size, _ = LocalUpload(pathlib.Path(out)).complete()
     seconds = time.perf_counter() - start
     cpu = time.process_time() - cpu
     peak = vmhwm_kb()
@@ -56,6 +59,39 @@ def fast(data_dir: str, task_id: str) -> dict:
     return {"rows": rows, "seconds": seconds, "cpu_seconds": cpu, "vmhwm_kb": peak, "zip_bytes": size,
             "xls_bytes": xls_size,
             "xls_sha256": h.hexdigest()}
+
+
+def s3(data_dir: str, task_id: str, files_url: str) -> dict:
+    """The worker's path with the zip streamed into a multipart upload (store/s3files.py), completed;
+    the object is deleted afterwards. Credentials and endpoint from the AWS_* variables."""
+    from iotda_export_server.runner.worker import write_subtasks
+    from iotda_export_server.runner.xls_writer import XlsZipWriter
+    from iotda_export_server.store import open_store
+    from iotda_export_server.store.files import open_files
+
+    store = open_store(data_dir)
+    files = open_files(data_dir, files_url)
+    cpu = time.process_time()
+    start = time.perf_counter()
+    with store.snapshot() as snap:
+        total = snap.count_subtasks(task_id)
+        upload = files.begin("f" * 24, f"bench{os.getpid()}")
+        try:
+            with XlsZipWriter(None, "export.xls", sink=upload.sink, temp_dir=upload.temp_dir) as writer:
+                write_subtasks(snap, task_id, writer)
+                rows = writer.finish()
+            size, sha = upload.complete()
+        except BaseException:
+            upload.abort()
+            raise
+    seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    peak = vmhwm_kb()
+    files.discard(upload.key)
+    store.close()
+    assert rows == total
+    return {"rows": rows, "seconds": seconds, "cpu_seconds": cpu, "vmhwm_kb": peak, "zip_bytes": size,
+            "zip_sha256": sha}
 
 
 def naive(data_dir: str, task_id: str) -> dict:
@@ -89,7 +125,7 @@ def idle() -> dict:
 
 def main(argv: list[str]) -> None:
     mode, *args = argv
-    result = {"fast": fast, "naive": naive, "idle": idle}[mode](*args)
+    result = {"fast": fast, "naive": naive, "s3": s3, "idle": idle}[mode](*args)
     print(json.dumps(result))
 
 

@@ -67,6 +67,12 @@ ENV_VARS: dict[str, str] = {
                              " export worker processes through this variable (never on their command line).",
     "IOTDA_EXPORT_FILES_DIR": "Default `--files-dir`: the result files; with several replicas a directory they"
                               " all share. Unset: <data-dir>/files.",
+    "IOTDA_EXPORT_FILES_URL": "Default `--files-url`: the result files as file:///path (a local directory) or"
+                              " s3://bucket/prefix (an S3-compatible bucket that must exist, for replicas and"
+                              " workers on hosts with no shared directory). The store's endpoint, region and"
+                              " credentials come from `--s3-endpoint`/`--s3-region` or the standard AWS"
+                              " variables: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,"
+                              " AWS_SECRET_ACCESS_KEY, or a profile (AWS_PROFILE).",
     "IOTDA_EXPORT_GRPC_ADDR": "Default `--grpc-addr` of `serve`.",
     "IOTDA_EXPORT_HTTP_ADDR": "Default `--http-addr` of `serve` (the HTTP/JSON gateway); unset or empty: no"
                               " gateway.",

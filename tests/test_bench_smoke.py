@@ -26,7 +26,8 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
     for expected in ("export throughput", "xls == naive", "create -> Success", "peak RSS", "WatchProgress",
                      "GetExportTask p99", "GetExportTask throughput", "throughput over TLS",
                      "WatchProgress streams over TLS", "health p99 while anonymous",
-                     "taken over after its worker's kill", "on the other replica"):
+                     "taken over after its worker's kill", "on the other replica", "to object storage",
+                     "from object storage"):
         assert expected in names, proc.stdout
     for line in figures:
         assert re.search(r"\| ratio \S", line), line  # every figure states its ratio (or "-")

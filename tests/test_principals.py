@@ -302,7 +302,7 @@ def test_the_gateway_vouches_by_id_so_a_re_added_name_is_not_the_old_principal(b
 TOKENS = {"alice": "a" * 64, "bob": "b" * 64}
 V1_COLUMNS = {
     "principals": '"user", project_id, enterprise_project_id, token_sha256, ak, sk, policy, created_at',
-    "export_tasks": sqlite_store.EXPORT_COLUMNS,
+    "export_tasks": sqlite_store.EXPORT_COLUMNS.replace(", file_key", ""),  # file_key came with version 5
     "export_requests": "owner, request_id, export_task_id, created_at",
     "download_limits": "owner, last_at, export_task_id, file_generation",
 }
@@ -348,7 +348,7 @@ def test_a_sqlite_database_of_an_earlier_version_migrates_owners_to_ids(tmp_path
             for row in rows:
                 db.execute(f"INSERT INTO {table} ({V1_COLUMNS[table]}) VALUES ({', '.join('?' * len(row))})", row)
     store = open_store(data)
-    assert store.schema_version() == sqlite_store.migrations()[-1][0] == 4
+    assert store.schema_version() == sqlite_store.migrations()[-1][0] == 5
     ids = _check_migrated(lambda q: [tuple(r) for r in store.reader().c.execute(q).fetchall()])
     store.close()
 
@@ -379,10 +379,10 @@ def test_a_postgres_database_of_an_earlier_version_migrates_owners_to_ids(tmp_pa
                     conn.execute(f"INSERT INTO {table} ({V1_COLUMNS[table]}) VALUES ({', '.join(['%s'] * len(row))})",
                                  row)
         # A server refuses the old schema until it is migrated.
-        with pytest.raises(sqlite_store.SchemaError, match=f"version {from_version}, this server needs 4"):
+        with pytest.raises(sqlite_store.SchemaError, match=f"version {from_version}, this server needs 5"):
             open_store(tmp_path, db.url, migrate=False)
         store = open_store(tmp_path, db.url, migrate=True)
-        assert store.check_schema() == 4
+        assert store.check_schema() == 5
         _check_migrated(db.query)
         with pytest.raises(psycopg.errors.NotNullViolation):  # the id is not optional
             db.query('INSERT INTO principals ("user", project_id, enterprise_project_id, token_sha256, ak, sk,'

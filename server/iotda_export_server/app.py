@@ -24,7 +24,7 @@ from .metrics import Metrics
 from .runner.supervisor import Supervisor
 from .runner.worker import WorkerConfig
 from .store.changes import ChangeListener
-from .store.files import ResultFiles
+from .store.files import open_files
 from .store import is_postgres, open_store
 from .transport.http_server import HttpLimits
 
@@ -44,6 +44,11 @@ class ServerConfig:
     database: str | None = None
     # Result files; with several replicas a directory they all share. Default: <data_dir>/files.
     files_dir: str | None = None
+    # Or where they live as a URL: file:///path, or s3://bucket/prefix (hosts that share no directory),
+    # with the store's endpoint and region (else AWS_ENDPOINT_URL, AWS_REGION or the profile's).
+    files_url: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     lease_seconds: float = 30.0
     watch_poll_seconds: float = 0.2
@@ -214,8 +219,8 @@ class ExportServer:
         if not shared:
             self.lock.acquire()  # SQLite: this process owns the data directory
         self.store = store = open_store(self.data_dir, self.config.database, migrate=not shared)
-        files_dir = pathlib.Path(self.config.files_dir) if self.config.files_dir else self.data_dir / "files"
-        self.files = files = ResultFiles(files_dir)
+        self.files = files = open_files(self.data_dir, self.config.files_url, self.config.files_dir,
+                                        self.config.s3_endpoint, self.config.s3_region)
         self.bootstrap_credentials = bootstrap(store, self.data_dir)
         jobs = ExportJobs(store, files, lease_seconds=self.config.lease_seconds)
         if not shared:
@@ -224,8 +229,7 @@ class ExportServer:
             if recovered:
                 log.warning("recovered %d interrupted exports: %s", len(recovered), ", ".join(recovered))
         # Shared files: other replicas' workers may be writing; only leave their fresh temp files alone.
-        files.sweep(store.reader().all_export_file_ids(),
-                    temp_older_than=2 * self.config.lease_seconds if shared else 0)
+        files.sweep_orphans(store.reader(), 2 * self.config.lease_seconds if shared else 0)
 
         self.hub = hub = ProgressHub(self._load_tasks, poll_interval=self.config.watch_poll_seconds,
                                        heartbeat_seconds=self.config.watch_heartbeat_seconds)
@@ -247,8 +251,7 @@ class ExportServer:
         if self.lock.fd is not None:
             self.changes = ChangeListener(self.data_dir, hub.poke, metrics.run_finished)
             self.changes.start()
-        worker_config = WorkerConfig(data_dir=str(self.data_dir), lease_seconds=self.config.lease_seconds,
-                                     database=self.config.database, files_dir=str(files_dir))
+        worker_config = worker_config_of(self.config, self.data_dir, files)
         # Workers are spawned before any gRPC object exists in this process.
         self.supervisor = Supervisor(worker_config, self.config.workers, jobs, on_change=hub.poke)
         self.supervisor.start()
@@ -287,7 +290,7 @@ class ExportServer:
             # The gateway's calls go over the private socket (the vouching key never crosses a network).
             self.gateway = Gateway(hop_address, [
                 d.services_by_name[n] for d, n in SERVICE_DESCRIPTORS], authenticator, front_end_key,
-                MAX_MESSAGE_BYTES, metrics, self.config.http_limits, Pages(Readiness(store, files_dir)),
+                MAX_MESSAGE_BYTES, metrics, self.config.http_limits, Pages(Readiness(store, files)),
                 client_certs=http_tls is not None and http_tls.requires_client_cert)
             http_host, http_port = self.config.http_addr.rsplit(":", 1)
             self.http_port = await self.gateway.start(http_host.strip("[]"), int(http_port),
@@ -338,6 +341,15 @@ class ExportServer:
         self.lock.release()
 
 
+def worker_config_of(config: ServerConfig, data_dir: pathlib.Path, files) -> WorkerConfig:
+    """What a worker process needs to open the same database and result files."""
+    local = getattr(files, "dir", None)
+    return WorkerConfig(data_dir=str(data_dir), lease_seconds=config.lease_seconds, database=config.database,
+                        files_dir=str(local) if local is not None else None,
+                        files_url=None if local is not None else config.files_url,
+                        s3_endpoint=config.s3_endpoint, s3_region=config.s3_region)
+
+
 def seed(data_dir: str | os.PathLike, subtasks: int, project_id: str | None = None, instance_id: str = "",
          app_id: str | None = None, database: str | None = None) -> str:
     """Loads a demo batch task (works while a server runs on the same data directory)."""
@@ -364,7 +376,7 @@ async def run_workers(config: ServerConfig) -> int:
     if not is_postgres(config.database):
         raise ValueError("`worker` shares a database with API replicas: pass --database postgresql://...")
     store = open_store(data_dir, config.database, migrate=False)
-    files = ResultFiles(pathlib.Path(config.files_dir) if config.files_dir else data_dir / "files")
+    files = open_files(data_dir, config.files_url, config.files_dir, config.s3_endpoint, config.s3_region)
     jobs = ExportJobs(store, files, lease_seconds=config.lease_seconds)
     lock = changes = metrics_server = None
     if config.metrics_addr:
@@ -378,8 +390,7 @@ async def run_workers(config: ServerConfig) -> int:
         host, port = config.metrics_addr.rsplit(":", 1)
         metrics_server, _ = start_http_server(int(port), host.strip("[]"), registry=metrics.registry)
         print(f"iotda-export worker metrics on http://{host}:{metrics_server.server_port}/metrics", flush=True)
-    supervisor = Supervisor(WorkerConfig(data_dir=str(data_dir), lease_seconds=config.lease_seconds,
-                                         database=config.database, files_dir=str(files.dir)), config.workers, jobs)
+    supervisor = Supervisor(worker_config_of(config, data_dir, files), config.workers, jobs)
     supervisor.start()
     print(f"iotda-export worker running {config.workers} export processes", flush=True)
     stop = asyncio.Event()

@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     _configure_logs("server", args)
     config = ServerConfig(data_dir=args.data_dir, grpc_addr=args.grpc_addr, http_addr=args.http_addr or None,
                           workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
-                          database=args.database, files_dir=args.files_dir,
+                          database=args.database, **_files_config(args),
                           lease_seconds=args.lease_seconds, max_watch_streams_per_user=args.max_watch_streams_per_user,
                           max_downloads_per_user=args.max_downloads_per_user,
                           tls_cert=args.tls_cert or None, tls_key=args.tls_key or None,
@@ -101,7 +101,7 @@ def _worker(args: argparse.Namespace) -> int:
     from iotda_export_server.app import ServerConfig, run_workers
 
     _configure_logs("workers", args)
-    config = ServerConfig(data_dir=args.data_dir, database=args.database, files_dir=args.files_dir,
+    config = ServerConfig(data_dir=args.data_dir, database=args.database, **_files_config(args),
                           workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
                           lease_seconds=args.lease_seconds, metrics_addr=args.metrics_addr)
     try:
@@ -238,12 +238,19 @@ def _principal_list(args) -> int:
 
 def _principal_remove(args) -> int:
     from iotda_export_server.domain.auth import remove_principal
-    from iotda_export_server.store.files import ResultFiles
+    from iotda_export_server.store.files import ResultFiles, open_files
     store = _admin_store(args, create=False)
     files_dir = args.files_dir or os.path.join(args.data_dir, "files")
     # The files directory the server uses; if it is not reachable from here, the server's next start
     # removes the files of the deleted tasks (its sweep), so nothing is left for good.
-    files = ResultFiles(files_dir) if os.path.isdir(files_dir) else _NoFiles()
+    if args.files_url:
+        try:
+            files = open_files(args.data_dir, **_files_config(args))
+        except ValueError as e:
+            err(f"cannot reach the result files: {e}")
+            return 1
+    else:
+        files = ResultFiles(files_dir) if os.path.isdir(files_dir) else _NoFiles()
     if not remove_principal(store, files, args.user):
         err(f"no principal {args.user!r}")
         return 1
@@ -301,10 +308,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _files_flags(p: argparse.ArgumentParser, dir_help: str) -> None:
+    """Where the result files are: the same on every command that touches them."""
+    env_option(p, "--files-dir", env="IOTDA_EXPORT_FILES_DIR", shown_default="<data-dir>/files", help=dir_help)
+    env_option(p, "--files-url", env="IOTDA_EXPORT_FILES_URL", shown_default="the files directory",
+               help="the result files as a URL instead of --files-dir: file:///path (a local directory), or"
+                    " s3://bucket/prefix (an S3-compatible bucket, which must exist; replicas and workers on"
+                    " hosts with no shared directory). Credentials come from AWS_ACCESS_KEY_ID and"
+                    " AWS_SECRET_ACCESS_KEY or a profile (AWS_PROFILE), never from the URL")
+    p.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="the object store's endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL,"
+                        " the profile's, else AWS); path-style addressing is used")
+    p.add_argument("--s3-region", default=None, help="the bucket's region (default: AWS_REGION or the profile's)")
+
+
+def _files_config(args: argparse.Namespace) -> dict:
+    return dict(files_dir=args.files_dir, files_url=args.files_url, s3_endpoint=args.s3_endpoint,
+                s3_region=args.s3_region)
+
+
 def _server_flags(p: argparse.ArgumentParser, files_help: str) -> None:
     """What serve and worker share: workers, files, the lease."""
     p.add_argument("--workers", type=int, default=None, help="export worker processes (default: cores)")
-    env_option(p, "--files-dir", env="IOTDA_EXPORT_FILES_DIR", shown_default="<data-dir>/files", help=files_help)
+    _files_flags(p, files_help)
     env_option(p, "--lease-seconds", env="IOTDA_EXPORT_LEASE_SECONDS", type=float, default=30.0,
                help="a running export whose worker stops renewing its lease this long is taken over;"
                     " use the same value on every process")
@@ -321,7 +347,7 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
                help="the HTTP/JSON gateway for REST clients such as the official SDK, with the web console,"
                     " /metrics, /healthz and /readyz; port 0 picks a free port (printed); empty: no gateway")
     _state_flags(serve)
-    _server_flags(serve, "result files; with several replicas, a directory they share")
+    _server_flags(serve, "result files; with several replicas on one host, a directory they share")
     serve.add_argument("--max-watch-streams-per-user", type=_positive_int, metavar="N",
                        default=rules.MAX_WATCH_STREAMS_PER_USER,
                        help="WatchProgress streams one user may hold open at once on this process (each replica"
@@ -405,8 +431,7 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     p = psub.add_parser("remove", help="remove a principal: its credentials stop working at once; its export"
                                        " tasks and their files are deleted")
     _state_flags(p)
-    env_option(p, "--files-dir", env="IOTDA_EXPORT_FILES_DIR", shown_default="<data-dir>/files",
-               help="the server's result files")
+    _files_flags(p, "the server's result files")
     p.add_argument("--user", required=True)
     p.set_defaults(func=_principal_remove)
 

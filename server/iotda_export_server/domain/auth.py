@@ -193,6 +193,7 @@ def remove_principal(store, files, user: str) -> bool:
                 export_task_ids = None
         if export_task_ids is not None:
             break
+    from .exports import remove_files
     for export_task_id in export_task_ids:
-        files.remove(export_task_id)
+        remove_files(files, export_task_id)
     return True

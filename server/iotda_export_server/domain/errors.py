@@ -164,3 +164,9 @@ class Codes:
     BATCH_TASK_TOO_MANY_TARGETS = "IOTDA.019004"
     INTERNAL = "IOTDA.000500"
     UNAVAILABLE = "IOTDA.000503"
+
+
+class FilesUnavailable(Exception):
+    """The result files' store cannot be reached now (an object store down, timing out, refusing):
+    a condition that passes, not a fault of the request; the transport answers UNAVAILABLE with this
+    message, which names the store and the failure but never a credential."""

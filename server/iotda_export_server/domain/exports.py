@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import ids, pages, rules, validation
-from .errors import (Codes, DataLoss, ExportTaskNotFound, FailedPrecondition, BatchTaskNotFound, OutOfRange,
-                     QuotaExceeded, RateLimited, Unauthenticated, invalid)
+from .errors import (Codes, DataLoss, ExportTaskNotFound, FailedPrecondition, FilesUnavailable, BatchTaskNotFound,
+                     OutOfRange, QuotaExceeded, RateLimited, Unauthenticated, invalid)
 from .model import Caller, ExportTask, Page
 
 log = logging.getLogger("iotda_export.exports")
@@ -171,7 +170,7 @@ class ExportService:
             if r.request_id:
                 tx.insert_request(owner, r.request_id, task.export_task_id, now)
         for export_task_id in evicted:  # after commit: a crash here leaves files the start-up sweep removes
-            self.files.remove(export_task_id)
+            remove_files(self.files, export_task_id)
             self.on_change(export_task_id)
         self.on_change(task.export_task_id)
         return task
@@ -248,7 +247,7 @@ class ExportService:
                 raise ExportTaskNotFound(export_task_id)
             tx.delete_export_task(export_task_id)
         # After commit: a worker finishing this task now finds its row gone and drops its file.
-        self.files.remove(export_task_id)
+        remove_files(self.files, export_task_id)
         self.on_change(export_task_id)
 
     # -- download --------------------------------------------------------------------------------
@@ -301,16 +300,12 @@ class ExportService:
                         owner=owner, previous_mark=previous, mark=mark)
 
     def _open_checked(self, task: ExportTask) -> tuple[BinaryIO | None, str | None]:
-        """(the open file, None), or (None, what is wrong with it): missing, or not the recorded size."""
+        """(the open file, None), or (None, what is wrong with it): missing, or not the recorded size.
+        A store out of reach raises FilesUnavailable (nothing is marked: the file may be fine)."""
         try:
-            f = open(self.files.path(task.export_task_id), "rb")
+            f, size = self.files.open(task.export_task_id, task.file_key)
         except FileNotFoundError:  # removed behind the service's back (a lost volume, by hand)
             return None, "the file is missing"
-        try:
-            size = os.fstat(f.fileno()).st_size
-        except BaseException:
-            f.close()
-            raise
         if size != task.file_size:
             f.close()
             return None, f"{size} bytes instead of {task.file_size}"
@@ -357,6 +352,15 @@ class ExportService:
             self._mark_damaged(tx, d.task, reason)
         raise self._damaged(d.task, reason)
 
+    def abandon_download(self, d: Download) -> None:
+        """The store of an admitted download's file went out of reach while streaming: not the user's
+        doing, so the download is un-counted (the previous mark restored, if this download's mark is
+        still current) and the user may download again at once; the file is not marked."""
+        if d.mark is None:
+            return
+        with self.store.transaction(lock_key=d.owner) as tx:
+            tx.restore_download_limit(d.owner, d.mark, d.previous_mark)
+
     def _mark_damaged(self, tx, task: ExportTask, reason: str) -> bool:
         """Under the owner's lock: the task's file (generation `task.file_generation`) is damaged. The
         file is removed and no longer offered (file_size and file_sha256 cleared, the generation kept);
@@ -369,8 +373,9 @@ class ExportService:
         values: dict = {"file_size": None, "file_sha256": None}
         if not current.unfinished:
             values.update(status=rules.STATUS_FAILED, status_desc=damaged_description(reason))
-        tx.update_export_task(task.export_task_id, **values)
-        self.files.remove(task.export_task_id)  # under the lock: a re-run cannot publish in between
+        tx.update_export_task(task.export_task_id, file_key=None, **values)
+        # Under the lock: a re-run cannot publish in between (and with keys, only this file goes).
+        self.files.remove(task.export_task_id, task.file_key)
         return True
 
     def _damaged(self, task: ExportTask, reason: str) -> DataLoss:
@@ -380,6 +385,15 @@ class ExportService:
         then = "it is running again" if task.unfinished else "create the export again to re-run it"
         return DataLoss(task.export_task_id, f"The result file of export task {task.export_task_id} is damaged"
                                              f" ({reason}); {then}.")
+
+
+def remove_files(files, export_task_id: str) -> None:
+    """After a commit that deleted the task: its file(s). A store out of reach leaves them to the
+    sweep (no row names them any more) rather than failing a deletion that happened."""
+    try:
+        files.remove(export_task_id)
+    except FilesUnavailable as exc:
+        log.warning("the file of deleted export task %s stays until the sweep: %s", export_task_id, exc)
 
 
 def _visible(task: ExportTask, caller: Caller) -> bool:
@@ -446,21 +460,28 @@ class ExportJobs:
                                             lease_until=self.clock() + self.lease_ms)
         return self._changed(claim, current)
 
-    def succeed(self, claim: Claim, temp_path, rows: int, size: int, sha256: str) -> bool:
+    def succeed(self, claim: Claim, upload, rows: int, size: int, sha256: str) -> bool:
         """Publishes the file and marks Success in one locked step; False (file dropped) when the run
-        is no longer current. The rename happens under the lock so a concurrent delete either comes
-        first (the row is gone) or removes the published file."""
+        is no longer current. The publish (a rename, or recording the complete object's key) happens
+        under the lock so a concurrent delete either comes first (the row is gone) or removes the
+        published file. A replaced object is deleted after the commit."""
         task_id = claim.task.export_task_id
         with self.store.transaction(lock_key=claim.task.owner) as tx:
             current = tx.export_task(task_id)
             if current is None or current.run_token != claim.run_token or current.run_state != "running":
-                _unlink(temp_path)
+                self.files.drop(upload)
                 return False
-            self.files.publish(temp_path, task_id)
+            key = self.files.publish(upload, task_id)
             tx.update_export_task(task_id, status=rules.STATUS_SUCCESS, status_desc=None,
                                   progress=rules.PROGRESS_DONE, export_count=rows, end_time=self.clock(),
                                   run_state="done", run_token=None, worker_id=None, lease_until=None,
-                                  file_generation=current.file_generation + 1, file_size=size, file_sha256=sha256)
+                                  file_generation=current.file_generation + 1, file_size=size, file_sha256=sha256,
+                                  file_key=key)
+        if current.file_key and current.file_key != key:
+            try:
+                self.files.discard(current.file_key)
+            except FilesUnavailable:  # the sweep deletes it: no row names it any more
+                log.warning("the replaced file of %s stays until the sweep: %s", task_id, current.file_key)
         self.on_finished(task_id, "success", rows, time.monotonic() - claim.claimed_at)
         return self._changed(claim, True)
 
@@ -480,6 +501,16 @@ class ExportJobs:
             self.on_finished(claim.task.export_task_id, "failed", 0, time.monotonic() - claim.claimed_at)
         return self._changed(claim, current)
 
+    @property
+    def files_swept_periodically(self) -> bool:
+        """Object stores are swept while running (a crash between completing an object and recording
+        it leaves one no start-up would see soon); the local directory at start-up only."""
+        return bool(getattr(self.files, "sweep_while_running", False))
+
+    def sweep_files(self, grace_seconds: float) -> list[str]:
+        """Removes result files no task records and uploads no running task owns (older than the grace)."""
+        return self.files.sweep_orphans(self.store.reader(), grace_seconds)
+
     def recover(self, only_expired: bool = True) -> list[str]:
         """Runs whose worker died: queue them again, or mark Failed after MAX_EXPORT_ATTEMPTS.
 
@@ -490,7 +521,10 @@ class ExportJobs:
         with self.store.transaction() as tx:
             now = self.clock()
             for task in tx.running_exports(lease_expired_before=now if only_expired else None):
-                orphans += self.files.temp_files(task.export_task_id)
+                try:
+                    orphans += self.files.temp_files(task.export_task_id)
+                except FilesUnavailable as exc:  # the sweep aborts them later: requeue the task anyway
+                    log.warning("the uploads of %s stay until the sweep: %s", task.export_task_id, exc)
                 if task.attempts >= rules.MAX_EXPORT_ATTEMPTS:
                     tx.update_export_task(
                         task.export_task_id, expect_run_token=task.run_token, status=rules.STATUS_FAILED,
@@ -500,13 +534,5 @@ class ExportJobs:
                 else:
                     tx.update_export_task(task.export_task_id, expect_run_token=task.run_token, **queued_again(now))
                 changed.append(task.export_task_id)
-        for path in orphans:  # a later run of the task writes under another random name
-            _unlink(path)
+        self.files.drop_temp(orphans)  # a later run of the task writes under another name
         return changed
-
-
-def _unlink(path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

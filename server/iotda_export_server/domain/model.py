@@ -40,6 +40,8 @@ class ExportTask:
     file_generation: int
     file_size: int | None
     file_sha256: str | None
+    # Where the file is in an object store (store/files.py); None for the local directory.
+    file_key: str | None = None
 
     @property
     def unfinished(self) -> bool:

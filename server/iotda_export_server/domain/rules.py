@@ -102,3 +102,17 @@ MAX_WATCH_STREAMS_PER_USER = 100
 # Per user and per server process: downloads (ShowExportTask streams, resumes included) at once; one
 # more is refused before it is admitted. Default of `serve --max-downloads-per-user`.
 MAX_DOWNLOADS_PER_USER = 2
+
+# Result files in an S3-compatible object store (store/s3files.py). Multipart parts of this size leave
+# the worker as the zip is written (S3's minimum is 5 MiB): with one part queued and one in flight, an
+# upload holds at most three parts in memory whatever the file's size.
+S3_PART_BYTES = 8 * 1024 * 1024
+# A download reads the object with ranged GETs of at most this many bytes, each one short-lived.
+S3_READ_WINDOW_BYTES = 8 * 1024 * 1024
+# Seconds to connect to the store and to wait for its answer; standard retries, this many attempts.
+S3_CONNECT_TIMEOUT_SECONDS = 5.0
+S3_READ_TIMEOUT_SECONDS = 30.0
+S3_MAX_ATTEMPTS = 3
+# How often every process sweeps orphaned result files (objects no task records, uploads no live run
+# owns); the grace (twice the lease) spares what another host's worker is writing now.
+FILES_SWEEP_SECONDS = 300.0

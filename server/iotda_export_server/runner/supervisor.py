@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+from ..domain import rules
 from ..domain.exports import ExportJobs
 from .worker import WorkerConfig
 
@@ -26,8 +27,9 @@ NOTIFY_MIN_INTERVAL_SECONDS = 0.1
 
 class Supervisor:
     def __init__(self, config: WorkerConfig, count: int, jobs: ExportJobs, on_change=None,
-                 check_seconds: float = 1.0):
+                 check_seconds: float = 1.0, sweep_seconds: float = rules.FILES_SWEEP_SECONDS):
         self.config = config
+        self.sweep_seconds = sweep_seconds
         self.count = count
         self.jobs = jobs
         self.on_change = on_change or (lambda _id: None)
@@ -57,7 +59,10 @@ class Supervisor:
             [sys.executable, "-m", "iotda_export_server.runner.worker", "--data-dir", self.config.data_dir,
              "--worker-id", worker_id, "--parent-pid", str(os.getpid()),
              "--lease-seconds", str(self.config.lease_seconds),
-             *(["--files-dir", self.config.files_dir] if self.config.files_dir else [])],
+             *(["--files-dir", self.config.files_dir] if self.config.files_dir else []),
+             *(["--files-url", self.config.files_url] if self.config.files_url else []),
+             *(["--s3-endpoint", self.config.s3_endpoint] if self.config.s3_endpoint else []),
+             *(["--s3-region", self.config.s3_region] if self.config.s3_region else [])],
             stdin=subprocess.DEVNULL, close_fds=True, env=env)
 
     def start(self) -> None:
@@ -79,9 +84,19 @@ class Supervisor:
                     pass
 
     async def run(self) -> None:
-        """Replace dead workers; requeue exports whose worker stopped renewing its lease."""
+        """Replace dead workers; requeue exports whose worker stopped renewing its lease; now and
+        then (object stores only) sweep the result files that a crash left behind."""
+        last_sweep = time.monotonic()
         while True:
             await asyncio.sleep(self.check_seconds)
+            if self.jobs.files_swept_periodically and time.monotonic() - last_sweep >= self.sweep_seconds:
+                last_sweep = time.monotonic()
+                try:
+                    swept = await asyncio.to_thread(self.jobs.sweep_files, 2 * self.config.lease_seconds)
+                    if swept:
+                        log.info("removed %d orphaned result files: %s", len(swept), ", ".join(swept))
+                except Exception:
+                    log.warning("the result files' sweep failed; it runs again later", exc_info=True)
             for i, p in enumerate(self.processes):
                 if p.poll() is not None and not self.stopping:
                     log.warning("worker pid %d exited with %s; starting another", p.pid, p.returncode)

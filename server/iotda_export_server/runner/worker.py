@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import hashlib
 import logging
 import os
-import pathlib
 import select
 import signal
 import sqlite3
@@ -26,10 +24,11 @@ from dataclasses import dataclass
 
 from .. import logs
 from ..domain import rules
+from ..domain.errors import FilesUnavailable
 from ..domain.exports import Claim, ExportJobs, inner_file_name
 from ..store import database_unavailable
 from ..store.changes import ChangeAnnouncer
-from ..store.files import ResultFiles
+from ..store.files import open_files
 from .xls_writer import XlsZipWriter
 
 log = logging.getLogger("iotda_export.worker")
@@ -49,6 +48,9 @@ class WorkerConfig:
     poll_seconds: float = 0.25
     database: str | None = None   # postgresql:// URL, or None for SQLite in data_dir
     files_dir: str | None = None  # default <data_dir>/files
+    files_url: str | None = None  # file:///path or s3://bucket/prefix (store/files.py open_files)
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
 
 
 class RunCancelled(Exception):
@@ -84,11 +86,11 @@ def _die_with_parent() -> None:
 def open_backend(config: WorkerConfig):
     from ..store import is_postgres, open_store
     store = open_store(config.data_dir, config.database, migrate=not is_postgres(config.database))
-    files = ResultFiles(config.files_dir or pathlib.Path(config.data_dir) / "files")
+    files = open_files(config.data_dir, config.files_url, config.files_dir, config.s3_endpoint, config.s3_region)
     return store, files
 
 
-def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
+def run_export(store, files, jobs: ExportJobs, claim: Claim,
                shutdown: "threading.Event | _Flag | None" = None) -> bool:
     """Runs one claimed export to Success or Failed (or back to the queue on shutdown). Returns
     True on Success."""
@@ -107,7 +109,7 @@ def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
 
     beat = threading.Thread(target=heartbeat, name="lease-heartbeat", daemon=True)
     beat.start()
-    temp = files.temp_path(task.export_task_id)
+    upload = None
     try:
         with store.snapshot() as snap:  # one consistent view of the sub-tasks for the whole export
             batch = snap.batch_task(task.project_id, task.instance_id, task.batch_task_id, with_progress=False)
@@ -115,7 +117,10 @@ def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
                 jobs.fail(claim, f"the batch task {task.batch_task_id} no longer exists")
                 return False
             total = snap.count_subtasks(task.batch_task_id)
-            writer = XlsZipWriter(temp, inner_file_name(task.export_task_id))
+            # The zip goes to a temporary file, or straight into the object store as it is written.
+            upload = files.begin(task.export_task_id, claim.run_token)
+            writer = XlsZipWriter(upload.path, inner_file_name(task.export_task_id), sink=upload.sink,
+                                  temp_dir=upload.temp_dir)
             last_report = 0.0
 
             def after_batch(done: int) -> None:
@@ -133,8 +138,8 @@ def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
             with writer:
                 write_subtasks(snap, task.batch_task_id, writer, after_batch)
                 rows_written = writer.finish()
-        size, sha256 = _digest(temp)
-        if not jobs.succeed(claim, temp, rows_written, size, sha256):
+        size, sha256 = upload.complete()
+        if not jobs.succeed(claim, upload, rows_written, size, sha256):
             log.info("export %s finished but its run was superseded; file dropped", task.export_task_id)
             return False
         log.info("export %s succeeded: %d rows, %d bytes", task.export_task_id, rows_written, size)
@@ -147,6 +152,10 @@ def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
         log.info("export %s stopped: the run was cancelled, deleted or re-queued", task.export_task_id)
         return False
     except Exception as exc:
+        if isinstance(exc, FilesUnavailable):
+            # As with the database: the store comes back, the lease expires and the export runs again.
+            log.warning("export %s interrupted: %s; it runs again once its lease expires", task.export_task_id, exc)
+            return False
         if database_unavailable(exc):
             # Not the export's failure: its lease (no longer renewed) expires and it runs again.
             log.warning("export %s interrupted: the database is unavailable (%s); it runs again once its"
@@ -161,10 +170,8 @@ def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
         return False
     finally:
         stop.set()
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
+        if upload is not None:
+            upload.abort()  # a no-op once published: only a run that did not publish leaves something
 
 
 def write_subtasks(snap, batch_task_id: str, writer: XlsZipWriter,
@@ -231,16 +238,6 @@ def _reason(exc: Exception) -> str:
     return f"the export failed: {type(exc).__name__}"
 
 
-def _digest(path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
 def worker_main(config: WorkerConfig, worker_id: str, parent_pid: int) -> None:
     """Runs exports until SIGTERM/SIGINT (or the server's death). A stop request lets the current
     row batch finish and gives the export back to the queue, so another start resumes it."""
@@ -303,10 +300,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--lease-seconds", type=float, default=30.0)
     parser.add_argument("--files-dir", default=None)
+    parser.add_argument("--files-url", default=None)
+    parser.add_argument("--s3-endpoint", default=None)
+    parser.add_argument("--s3-region", default=None)
     args = parser.parse_args(argv)
     # The database URL comes through the environment, never argv (ps would show its password).
     worker_main(WorkerConfig(data_dir=args.data_dir, lease_seconds=args.lease_seconds,
-                             database=os.environ.get("IOTDA_EXPORT_DATABASE") or None, files_dir=args.files_dir),
+                             database=os.environ.get("IOTDA_EXPORT_DATABASE") or None, files_dir=args.files_dir,
+                             files_url=args.files_url, s3_endpoint=args.s3_endpoint, s3_region=args.s3_region),
                 args.worker_id, args.parent_pid)
 
 

@@ -691,9 +691,13 @@ class XlsZipWriter:
     records in a temporary file next to `path` as they arrive.
     """
 
-    def __init__(self, path: str | os.PathLike[str], inner_name: str) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None, inner_name: str, sink: IO[bytes] | None = None,
+                 temp_dir: str | os.PathLike[str] | None = None) -> None:
+        """With `sink` (a write-only stream, e.g. an object store upload) the zip goes there instead
+        of a file at `path`, and the working files go to `temp_dir`; the sink is the caller's to
+        complete or abort."""
         _check_inner_name(inner_name)
-        self._path = os.fspath(path)
+        self._path = os.fspath(path) if path is not None else None
         self._inner_name = inner_name
         self._state = "open"  # -> "finished" | "aborted"
         self._total = 0
@@ -703,19 +707,24 @@ class XlsZipWriter:
         self._templates = _row_templates(self._book.add_style(self._style))
         self._sheets: list[_Sheet] = []
         self._rows_size = 0
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(self._path, flags, _FILE_MODE)
+        self._sink = sink
+        if sink is not None:
+            self._file: IO[bytes] = sink
+        else:
+            assert self._path is not None
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(self._path, flags, _FILE_MODE)
+            try:
+                # os.open's mode only applies to a new file; a leftover from an earlier attempt
+                # keeps its own mode otherwise.
+                os.fchmod(fd, _FILE_MODE)
+                self._file = os.fdopen(fd, "wb")
+            except BaseException:
+                os.close(fd)
+                _unlink_quietly(self._path)
+                raise
         try:
-            # os.open's mode only applies to a new file; a leftover from an earlier attempt
-            # keeps its own mode otherwise.
-            os.fchmod(fd, _FILE_MODE)
-            self._file: IO[bytes] = os.fdopen(fd, "wb")
-        except BaseException:
-            os.close(fd)
-            _unlink_quietly(self._path)
-            raise
-        try:
-            temp_dir = os.path.dirname(os.path.abspath(self._path))
+            temp_dir = os.fspath(temp_dir) if temp_dir is not None else os.path.dirname(os.path.abspath(self._path))
             self._rows_file: IO[bytes] = tempfile.TemporaryFile(dir=temp_dir)
             self._sst = _SharedStrings(temp_dir)
             self._deflater = _RowsDeflater(temp_dir)
@@ -725,7 +734,7 @@ class XlsZipWriter:
             raise
 
     @property
-    def path(self) -> str:
+    def path(self) -> str | None:
         return self._path
 
     @property
@@ -781,8 +790,9 @@ class XlsZipWriter:
         try:
             self._save()
             self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            if self._sink is None:
+                os.fsync(self._file.fileno())
+                self._file.close()
         except BaseException:
             self.abort()
             raise
@@ -797,11 +807,13 @@ class XlsZipWriter:
         self._state = "aborted"
         try:
             self._release_workbook()
-            self._file.close()
+            if self._sink is None:
+                self._file.close()
         except OSError:
             pass  # e.g. a failed flush of buffered bytes: the file goes away anyway
         finally:
-            _unlink_quietly(self._path)
+            if self._path is not None and self._sink is None:
+                _unlink_quietly(self._path)
 
     # -- rows -> records ----------------------------------------------------------------------
 

@@ -163,7 +163,7 @@ EXPORT_COLUMNS = (
     "export_task_id, owner, project_id, instance_id, resource_type, batch_task_id, export_format, "
     "app_type, app_id, conditions_key, status, status_desc, progress, export_count, create_time, "
     "end_time, version, run_state, run_token, attempts, worker_id, lease_until, queued_at, "
-    "file_generation, file_size, file_sha256"
+    "file_generation, file_size, file_sha256, file_key"
 )
 
 
@@ -414,6 +414,10 @@ class SqliteTx:
 
     def all_export_file_ids(self) -> set[str]:
         return {r[0] for r in self.c.execute("SELECT export_task_id FROM export_tasks")}
+
+    def all_export_file_keys(self) -> set[str]:
+        """The object keys of the published result files (an S3 bucket's files to keep)."""
+        return {r[0] for r in self.c.execute("SELECT file_key FROM export_tasks WHERE file_key IS NOT NULL")}
 
     # -- download rate ---------------------------------------------------------------------------
 

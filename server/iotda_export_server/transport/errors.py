@@ -96,6 +96,9 @@ def from_exception(exc: BaseException, request_id: str) -> e.DomainError:
     """Anything the domain did not refuse on purpose: logged with its traceback, answered without it."""
     if isinstance(exc, e.DomainError):
         return exc
+    if isinstance(exc, e.FilesUnavailable):  # its message names the store and the failure, no secret
+        log.warning("result files unavailable (request %s): %s", request_id, exc)
+        return Unavailable(f"The result files cannot be read now: {exc}; retry shortly.")
     if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
         log.warning("database busy (request %s): %s", request_id, exc)
         return Unavailable("The service is busy; retry shortly.")

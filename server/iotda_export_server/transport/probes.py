@@ -1,5 +1,5 @@
 """HTTP probes beside gRPC health: `/healthz` (the process answers) and `/readyz` (it can work: the
-database answers a read and the result files' directory is there).
+database answers a read and the result files' directory is there, or their object store's bucket answers).
 
 The readiness check opens a fresh connection each time (the process's own connections may hide a
 database file moved away, or be the last ones a server still serves) and reads the schema version
@@ -61,9 +61,11 @@ class Verdict:
 class Readiness:
     """`await readiness.response()`: 200 when ready, else 503, both with a JSON body."""
 
-    def __init__(self, store, files_dir: str | os.PathLike):
+    def __init__(self, store, files):
         self.store = store
-        self.files_dir = pathlib.Path(files_dir)
+        # A local directory (ResultFiles.dir), checked here; else an object store that checks itself.
+        self.files = files
+        self.files_dir = pathlib.Path(files.dir) if getattr(files, "dir", None) is not None else None
         self.schema_version = store.schema_version()  # what this server started with
         self._last: Verdict | None = None
         self._running: asyncio.Future | None = None
@@ -100,7 +102,7 @@ class Readiness:
         if verdict.ready != self._was_ready:
             self._was_ready = verdict.ready
             if verdict.ready:
-                log.info("ready again: the database and the files directory answer")
+                log.info("ready again: the database and the result files answer")
             else:
                 log.warning("not ready: %s", "; ".join(
                     f"{k}: {v}" + (f" ({details[k]})" if k in details else "")
@@ -135,6 +137,13 @@ class Readiness:
             return conn.execute(query).fetchone()[0]
 
     def _files(self, details: dict[str, str]) -> str:
+        if self.files_dir is None:
+            try:
+                self.files.check()
+            except Exception as exc:  # noqa: BLE001 - any failure is the answer, named by its class
+                details["files"] = _one_line(exc)
+                return f"unreachable ({type(exc.__cause__ or exc).__name__})"
+            return "ok"
         path = self.files_dir
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -25,7 +25,7 @@ from ..domain import auth, rules, validation
 from ..domain.errors import Codes
 from ..domain.limits import ConcurrencyLimiter
 from ..domain.batches import BatchService
-from ..domain.errors import DomainError, ExportTaskNotFound, QuotaExceeded, RateLimited
+from ..domain.errors import DomainError, ExportTaskNotFound, FilesUnavailable, QuotaExceeded, RateLimited
 from ..domain.exports import ExportService
 from ..domain.model import Caller
 from ..domain.progress import ProgressHub
@@ -260,31 +260,39 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
             d = await run(self.exports.admit_download, caller, request.export_task_id, request.offset, request.limit)
             f = d.file
             try:
-                # The whole file goes through the digest: the bytes before `offset` first (a resumed
-                # download), the rest as it is sent, and whatever lies past a `limit` at the end. The
-                # last message waits for the verdict, so a damaged file never reaches its end.
-                digest = hashlib.sha256()
-                if d.offset:
-                    await run(_hash_range, f, digest, 0, d.offset)  # leaves the position at the offset
-                offset, remaining, first = d.offset, d.length, True
-                while first or remaining > 0:
-                    data = await run(_read_hashed, f, digest, min(rules.DOWNLOAD_CHUNK_BYTES, remaining))
-                    if not data and remaining > 0:
-                        await run(self.exports.reject_download, d, "the file is shorter than recorded")
-                    msg = epb.ShowExportTaskResponse(offset=offset)
-                    msg.body.data = data
-                    if first:
-                        msg.body.content_type = "application/zip"
-                        msg.file_name, msg.total_size, msg.sha256 = d.file_name, d.task.file_size, d.task.file_sha256
-                        first = False
-                    offset += len(data)
-                    remaining -= len(data)
-                    if remaining == 0:
-                        await run(_verify_to_end, self.exports, d, f, digest, offset)
-                    yield msg  # awaiting each write applies HTTP/2 flow control
+                async for msg in self._file_messages(d, f):
+                    yield msg
+            except FilesUnavailable:  # an object store gone mid-stream: not counted, the message says why
+                await run(self.exports.abandon_download, d)
+                raise
             finally:
                 f.close()
         return self._stream("ShowExportTask", request, context, chunks, self.download_slots)
+
+    async def _file_messages(self, d, f):
+        """The messages of an admitted download, read from its open file."""
+        # The whole file goes through the digest: the bytes before `offset` first (a resumed
+        # download), the rest as it is sent, and whatever lies past a `limit` at the end. The
+        # last message waits for the verdict, so a damaged file never reaches its end.
+        digest = hashlib.sha256()
+        if d.offset:
+            await run(_hash_range, f, digest, 0, d.offset)  # leaves the position at the offset
+        offset, remaining, first = d.offset, d.length, True
+        while first or remaining > 0:
+            data = await run(_read_hashed, f, digest, min(rules.DOWNLOAD_CHUNK_BYTES, remaining))
+            if not data and remaining > 0:
+                await run(self.exports.reject_download, d, "the file is shorter than recorded")
+            msg = epb.ShowExportTaskResponse(offset=offset)
+            msg.body.data = data
+            if first:
+                msg.body.content_type = "application/zip"
+                msg.file_name, msg.total_size, msg.sha256 = d.file_name, d.task.file_size, d.task.file_sha256
+                first = False
+            offset += len(data)
+            remaining -= len(data)
+            if remaining == 0:
+                await run(_verify_to_end, self.exports, d, f, digest, offset)
+            yield msg  # awaiting each write applies HTTP/2 flow control
 
     def WatchProgress(self, request, context):
         async def events(caller):
