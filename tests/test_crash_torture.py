@@ -17,7 +17,8 @@ unfinished exports (sampled from the database throughout).
 
 The quota is really pressed: each user has more distinct batch tasks (BATCHES_PER_USER) than the
 5-unfinished limit and creates faster than one worker finishes, so creates are refused by the quota
-(asserted: refused by quota > 0) and the "never more than 5" check can fail. A worker killed on
+(waited for with a deadline after the kills: refused by quota > 0) and the "never more than 5"
+check can fail. A worker killed on
 PostgreSQL must have its runs taken over (a condition waited for with a deadline); how long that
 took is printed, and measured against the lease in `make bench` (bench/RESULTS.md), not asserted.
 
@@ -260,6 +261,10 @@ def test_kill_9_the_embedded_server_repeatedly_loses_nothing(tmp_path):
             restarts += 1
             current["address"] = serve.address
         time.sleep(rng.uniform(0.3, 1.0))
+        # The load must press the quota, or "never more than 5 unfinished" proved nothing. Random kill
+        # moments on a busy machine can leave too little uptime for that: keep creating until it is.
+        wait_for(lambda: creator.refused_quota > 0, 90, interval=0.1,
+                 what="a create refused by the 5-unfinished quota (the load pressing it)")
         creator.stop.set()
         creator.join(10)
         assert not creator.is_alive()
@@ -303,7 +308,6 @@ def test_kill_9_the_embedded_server_repeatedly_loses_nothing(tmp_path):
     assert creator.acked, "no create was acknowledged: the torture proved nothing"
     assert sampler.samples > 0
     assert sampler.max_unfinished <= UNFINISHED_LIMIT
-    assert creator.refused_quota > 0, "the quota was never pressed: the unfinished check proved nothing"
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------
@@ -377,6 +381,8 @@ def test_kill_9_postgres_workers_repeatedly_loses_nothing(tmp_path):
                          what=f"the runs of killed worker {victim.pid} to be taken over")
                 takeovers.append(time.monotonic() - killed_at)
             time.sleep(rng.uniform(0.5, 1.5))
+            wait_for(lambda: creator.refused_quota > 0, 90, interval=0.1,
+                     what="a create refused by the 5-unfinished quota (the load pressing it)")
         finally:
             creator.stop.set()
             creator.join(10)
@@ -404,7 +410,6 @@ def test_kill_9_postgres_workers_repeatedly_loses_nothing(tmp_path):
         assert creator.acked
         assert sampler.samples > 0
         assert sampler.max_unfinished <= UNFINISHED_LIMIT
-        assert creator.refused_quota > 0, "the quota was never pressed: the unfinished check proved nothing"
         for p in procs:
             if not p.exited():
                 assert p.stop(timeout=15) is None, f"{p.name} did not stop cleanly"
