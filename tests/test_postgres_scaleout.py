@@ -476,10 +476,10 @@ def test_export_whose_database_connection_is_cut_runs_again(fleet):
         export = b.create_export(fleet.big_task())
         wait_for(lambda: fleet.task_row(export.export_task_id)["progress"] > 5, timeout=30, interval=0.02,
                  what="the export to pass 5 %")
-        # The worker's read snapshot: the one transaction that keeps reading sub-task rows.
+        # The worker's read snapshot: the one transaction that keeps fetching from its sub-task cursor.
         (pid,) = wait_for(lambda: fleet.db.query(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'iotda-export'"
-            " AND xact_start IS NOT NULL AND query LIKE 'SELECT id, target, status, output%%'", (fleet.db.name,)),
+            " AND xact_start IS NOT NULL AND query LIKE '%%subtask_columns_%%'", (fleet.db.name,)),
             timeout=10, what="the export's snapshot connection")
         assert fleet.db.scalar("SELECT pg_terminate_backend(%s)", pid)
         final = _wait_final(b, export.export_task_id)

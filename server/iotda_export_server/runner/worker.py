@@ -10,6 +10,7 @@ export of a worker that died.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import hashlib
@@ -18,10 +19,9 @@ import os
 import pathlib
 import select
 import signal
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import logs
@@ -34,7 +34,7 @@ from .xls_writer import XlsZipWriter
 
 log = logging.getLogger("iotda_export.worker")
 
-# Rows per page read from the store: big enough that the per-page costs (query, writer call)
+# Rows per block read from the store: big enough that the per-block costs (a fetch, a writer call)
 # vanish, small enough that cancel/stop and progress are seen every ~25 ms at full speed.
 READ_BATCH_ROWS = 4096
 PROGRESS_EVERY_SECONDS = 0.2
@@ -169,50 +169,29 @@ def run_export(store, files: ResultFiles, jobs: ExportJobs, claim: Claim,
 
 def write_subtasks(snap, batch_task_id: str, writer: XlsZipWriter,
                    after_batch: Callable[[int], None] | None = None) -> int:
-    """Streams the batch task's sub-tasks, in ID order, from the snapshot into the writer, in pages
-    of READ_BATCH_ROWS; after_batch(rows done so far) runs after each page (and may raise to stop).
-    Returns the rows written. A page goes to the writer as columns: no Python per row or cell here."""
+    """Streams the batch task's sub-tasks, in ID order, from the snapshot into the writer, in blocks
+    of READ_BATCH_ROWS (the store's stream_subtask_columns); after_batch(rows done so far) runs after
+    each block (and may raise to stop). Returns the rows written. A block goes to the writer as
+    columns: no Python per row or cell here."""
     done = 0
-    # The pages make millions of short-lived tuples, each a trigger for the cyclic GC, which
+    # The blocks make millions of short-lived tuples, each a trigger for the cyclic GC, which
     # then costs ~10 % of an export while finding nothing: refcounting frees all of it. Paused
     # for the loop (this process runs one export at a time), restored whatever happens.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for columns in _subtask_pages(snap, batch_task_id):
-            writer.write_columns(columns)
-            done += len(columns[0])
-            if after_batch is not None:
-                after_batch(done)
+        # Closed here, not whenever the generator is collected: the store's cursor must go before
+        # the snapshot does, also when after_batch stops the export.
+        with contextlib.closing(snap.stream_subtask_columns(batch_task_id, READ_BATCH_ROWS)) as blocks:
+            for columns in blocks:
+                writer.write_columns(columns)
+                done += len(columns[0])
+                if after_batch is not None:
+                    after_batch(done)
     finally:
         if collecting:
             gc.enable()
     return done
-
-
-def _subtask_pages(snap, batch_task_id: str) -> Iterator[list[tuple]]:
-    """Pages of (targets, statuses, outputs, error_codes, error_msgs) columns, in sub-task ID order."""
-    conn = getattr(snap, "c", None)
-    if isinstance(conn, sqlite3.Connection):
-        # SQLite: one statement read page by page inside the snapshot (its read transaction keeps
-        # the view), as plain tuples and without the id column: ~30 % cheaper per row than keyset
-        # pages of sqlite3.Row (subtask_rows), in the same order (both by id).
-        cursor = conn.cursor()
-        cursor.row_factory = None
-        cursor.execute("SELECT target, status, output, error_code, error_msg FROM subtasks"
-                       " WHERE task_id = ? ORDER BY id", (batch_task_id,))
-        try:
-            while rows := cursor.fetchmany(READ_BATCH_ROWS):
-                yield list(zip(*rows))
-        finally:
-            cursor.close()
-        return
-    # PostgreSQL: keyset pages (its cursor would otherwise fetch every row at once).
-    after = ""
-    while rows := snap.subtask_rows(batch_task_id, after, READ_BATCH_ROWS):
-        ids, *columns = zip(*rows)  # id, target, status, output, error_code, error_msg
-        after = ids[-1]
-        yield columns
 
 
 def _report_progress(jobs: ExportJobs, claim: Claim, done: int, total: int) -> bool:
