@@ -99,6 +99,33 @@ class PgTx(SqliteTx):
         return [_export(r) for r in self.c.execute(q + " FOR UPDATE SKIP LOCKED", args)]
 
 
+    def insert_subtasks(self, task_id: str, rows: list[tuple[str, str, str, str, str, str]]) -> None:
+        """rows: (id, target, status, output, error_code, error_msg). COPY: one stream for all the
+        rows instead of a statement per row (seeding a million sub-tasks, creating a batch task)."""
+        with self.c.conn.cursor().copy(
+                "COPY subtasks (id, task_id, target, status, output, error_code, error_msg) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row((r[0], task_id, *r[1:]))
+
+    def upsert_subtask_results(self, task_id: str, rows: list[tuple[str, str, str, str, str, str]]) -> None:
+        """SqliteTx.upsert_subtask_results's effect: the rows COPY into a temporary table of this
+        connection (emptied at the end of the transaction), then one INSERT ... ON CONFLICT moves
+        them. The domain has already checked them (no repeated target in one call)."""
+        conn = self.c.conn
+        conn.execute("CREATE TEMPORARY TABLE IF NOT EXISTS subtask_results_in (id TEXT, target TEXT, status TEXT,"
+                     " output TEXT, error_code TEXT, error_msg TEXT) ON COMMIT DELETE ROWS")
+        with conn.cursor().copy(
+                "COPY subtask_results_in (id, target, status, output, error_code, error_msg) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(r)
+        # Moved out (DELETE ... RETURNING), so a second call in this transaction starts empty.
+        conn.execute(
+            "WITH moved AS (DELETE FROM subtask_results_in RETURNING *)"
+            " INSERT INTO subtasks (id, task_id, target, status, output, error_code, error_msg)"
+            " SELECT id, %s, target, status, output, error_code, error_msg FROM moved"
+            " ON CONFLICT (task_id, target) DO UPDATE SET status = excluded.status, output = excluded.output,"
+            " error_code = excluded.error_code, error_msg = excluded.error_msg", (task_id,))
+
     def stream_subtask_columns(self, task_id: str, block_rows: int) -> Iterator[list[Sequence[str]]]:
         """SqliteTx.stream_subtask_columns's contract. PostgreSQL: one server-side cursor (DECLARE in
         this transaction, so inside a snapshot()'s REPEATABLE READ view) walking the (task_id, id)
