@@ -8,7 +8,9 @@ rows from memory), byte identity of the two files, a 30,000-row export from Crea
 the Success event vs plain xlwt writing those rows, the peak RSS of a process exporting 1,000,000
 rows; the RPC figures (bench/rpc_bench.py); the recovery figures on PostgreSQL (bench/recovery_bench.py:
 a killed worker's takeover vs the lease it held, Success reaching another replica's watcher vs a
-10 ms poll). Medians of --runs runs; the machine is shared
+10 ms poll); the stores side by side (bench/store_bench.py: a 200,000-row export on PostgreSQL vs
+SQLite, 1,000,000 rows on both with the PostgreSQL worker's peak RSS, seeding and
+RecordSubtaskResults ingest rows/s). Medians of --runs runs; the machine is shared
 and noisy, so the ratios (measured in one run, interleaved) are what to compare.
 """
 
@@ -35,7 +37,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run, no goals judged (CI)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 3, smoke 1)")
     parser.add_argument("--only", default="",
-                        help="comma-separated: throughput,create,rss,rpc,hostile,recovery,profile")
+                        help="comma-separated: throughput,create,rss,rpc,hostile,recovery,stores,stores-1m,"
+                             "ingest,profile")
     parser.add_argument("--out", default=None, help=f"results file (default {RESULTS} in a full run)")
     return parser.parse_args(argv)
 
@@ -53,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     smoke = args.smoke
     runs = args.runs or (1 if smoke else 3)
     only = set(filter(None, args.only.split(","))) or {"throughput", "create", "rss", "rpc", "hostile", "recovery",
-                                                        "profile"}
+                                                        "stores", "stores-1m", "ingest", "profile"}
     sizes = {
         "throughput": 3_000 if smoke else 200_000,
         "create": 2_000 if smoke else 30_000,
         "rss": 5_000 if smoke else 1_000_000,
+        "stores": 3_000 if smoke else 200_000,
+        "stores-1m": 5_000 if smoke else 1_000_000,
+        "ingest": 3_000 if smoke else 200_000,
     }
     info = machine()
     print("machine: " + "; ".join(f"{k} {v}" for k, v in info.items()), flush=True)
@@ -94,6 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         if "recovery" in only:
             from bench import recovery_bench
             for figure in recovery_bench.run(base, smoke, runs):
+                figures.append(figure)
+                show(figure, not smoke)
+        if only & {"stores", "stores-1m", "ingest"}:
+            from bench import store_bench
+            stores_figures = []
+            if "stores" in only:
+                stores_figures += store_bench.exports(base, sizes["stores"], runs, goal_ratio=0.8)
+            if "stores-1m" in only:
+                stores_figures += store_bench.exports(base, sizes["stores-1m"], runs, rss_limit_mb=220)
+            if "ingest" in only:
+                stores_figures += store_bench.ingest(base, sizes["ingest"], runs)
+            for figure in stores_figures:
                 figures.append(figure)
                 show(figure, not smoke)
         if "profile" in only:

@@ -15,7 +15,7 @@ import pathlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from ..domain.model import BatchTask, ExportTask, Principal, Subtask, TaskProgress
@@ -223,11 +223,12 @@ class SqliteTx:
              int(t.need_confirm), js(t.task_ext_info), json.dumps(t.targets), js(t.targets_filter),
              js(t.document), js(t.task_policy), t.document_source, t.status, t.status_desc, t.create_time))
 
-    def insert_subtasks(self, task_id: str, rows: list[tuple[str, str, str, str, str, str]]) -> None:
-        """rows: (id, target, status, output, error_code, error_msg)."""
+    def insert_subtasks(self, task_id: str, rows: Iterable[tuple[str, str, str, str, str, str]]) -> None:
+        """rows: (id, target, status, output, error_code, error_msg), any iterable: consumed as it
+        is inserted (a seeder's generator is never held whole)."""
         self.c.executemany(
             "INSERT INTO subtasks (id, task_id, target, status, output, error_code, error_msg)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)", [(r[0], task_id, *r[1:]) for r in rows])
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", ((r[0], task_id, *r[1:]) for r in rows))
 
     def batch_task(self, project_id: str, instance_id: str, task_id: str,
                    with_progress: bool = True) -> BatchTask | None:
