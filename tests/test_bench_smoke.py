@@ -25,7 +25,8 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
     names = " | ".join(figures)
     for expected in ("export throughput", "xls == naive", "create -> Success", "peak RSS", "WatchProgress",
                      "GetExportTask p99", "GetExportTask throughput", "health p99 while anonymous",
-                     "taken over after its worker's kill", "on the other replica"):
+                     "taken over after its worker's kill", "on the other replica", "create -> Success, PostgreSQL vs SQLite",
+                     "peak RSS of the PostgreSQL worker", "seeding", "RecordSubtaskResults ingest"):
         assert expected in names, proc.stdout
     for line in figures:
         assert re.search(r"\| ratio \S", line), line  # every figure states its ratio (or "-")

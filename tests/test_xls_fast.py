@@ -329,3 +329,33 @@ def test_only_xlwt_1_3_0() -> None:
             raise AssertionError("another xlwt version was accepted")
     finally:
         xlwt.__VERSION__ = real
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+def test_postgres_connection_lost_mid_read_is_the_database_error(store, tmp_path: Path) -> None:
+    # The export's snapshot backend terminated between blocks (a restart, a cut network): the read
+    # raises the database's own error, the one the worker leaves to the lease for a retry; the
+    # read-ahead thread is gone with it.
+    import threading
+
+    import psycopg
+
+    from iotda_export_server.runner import worker
+    from iotda_export_server.store import database_unavailable
+
+    import pg_support as ps
+
+    task_id = seed_rows(store, stored_rows(20_000, seed=25), seed=25)
+    with pytest.raises(psycopg.OperationalError) as raised:  # out of the snapshot, as in run_export
+        with store.snapshot() as snap:
+            pid = snap.c.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+            def cut_after_first_block(done: int) -> None:
+                if done == worker.READ_BATCH_ROWS:
+                    with ps.admin_connect() as admin:
+                        assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+
+            with XlsZipWriter(tmp_path / "cut.zip", INNER) as writer:
+                worker.write_subtasks(snap, task_id, writer, cut_after_first_block)
+    assert database_unavailable(raised.value)
+    assert not [t for t in threading.enumerate() if t.name == "subtask-read-ahead"]

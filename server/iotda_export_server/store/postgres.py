@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import pathlib
+import queue
 import select
 import threading
 import time
@@ -136,18 +137,61 @@ class PgTx(SqliteTx):
     def stream_subtask_columns(self, task_id: str, block_rows: int) -> Iterator[list[Sequence[str]]]:
         """SqliteTx.stream_subtask_columns's contract. PostgreSQL: one server-side cursor (DECLARE in
         this transaction, so inside a snapshot()'s REPEATABLE READ view) walking the (task_id, id)
-        index, fetched `block_rows` at a time as plain tuples (no name lookup per row). Keyset pages
-        cost a query each, most of it the server's: ~3x the wall time of this read. Needs a
-        transaction (snapshot() or transaction()): an autocommit reader() cannot hold a cursor."""
+        index, fetched `block_rows` at a time as plain tuples (no name lookup per row) by a thread one
+        block ahead of the caller (bench/PROFILE_NOTES.md: ~20 % of an export's time was the wait for
+        the next FETCH). Keyset pages cost a query each, most of it the server's: ~3x the wall time
+        of this read. Needs a transaction (snapshot() or transaction()): an autocommit reader()
+        cannot hold a cursor."""
         conn = self.c.conn
         with conn.cursor(name=f"subtask_columns_{next(_cursor_numbers)}", row_factory=tuple_row) as cursor:
             cursor.execute("SELECT target, status, output, error_code, error_msg FROM subtasks"
                            " WHERE task_id = %s ORDER BY id", (task_id,))
-            while rows := cursor.fetchmany(block_rows):
-                yield list(zip(*rows))
+
+            def blocks() -> Iterator[list[Sequence[str]]]:
+                while rows := cursor.fetchmany(block_rows):
+                    yield list(zip(*rows))
+
+            yield from _read_ahead(blocks())
 
 
 _cursor_numbers = itertools.count(1)
+
+
+def _read_ahead(blocks: Iterator) -> Iterator:
+    """`blocks` produced by a thread one block ahead of the consumer: the next FETCH (a round trip
+    and the server's work, the GIL released meanwhile) runs while the caller writes the current
+    block. At most three blocks exist at once (written, queued, being fetched). The producer's
+    error reaches the consumer in order; a consumer that stops early stops the producer (after its
+    fetch in flight) before the cursor is closed."""
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                handoff.put((block, None))
+                if stop.is_set():  # at most one put follows the consumer's stop: its drain makes room
+                    return
+            handoff.put((end, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            handoff.put((end, exc))
+
+    producer = threading.Thread(target=produce, name="subtask-read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            block, error = handoff.get()
+            if block is end:
+                if error is not None:
+                    raise error
+                return
+            yield block
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            handoff.get_nowait()
+        producer.join()
 
 
 def _qualified(alias: str) -> str:
