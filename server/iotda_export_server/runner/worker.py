@@ -40,6 +40,9 @@ READ_BATCH_ROWS = 4096
 PROGRESS_EVERY_SECONDS = 0.2
 # Added to a worker process's niceness when it starts.
 WORKER_NICE_INCREMENT = 10
+# mallopt's parameter number (malloc.h) and glibc's own default for it.
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,19 @@ def _die_with_parent() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
+        pass
+
+
+def _fixed_mmap_threshold() -> None:
+    """glibc: every allocation of MMAP_THRESHOLD_BYTES or more gets its own mapping, returned to the
+    system when freed. By default glibc raises that threshold (up to 32 MiB) whenever such a block is
+    freed, so an export's growing tables (the shared-string dict doubles up to ~40 MiB) come from the
+    heap in the next export and stay there: a worker's second 1M-row export peaked ~20 MB above its
+    first (bench/PROFILE_NOTES.md). Setting the threshold turns that adjustment off."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # not glibc: its allocator has its own policy
         pass
 
 
@@ -224,6 +240,7 @@ def worker_main(config: WorkerConfig, worker_id: str, parent_pid: int) -> None:
     """Runs exports until SIGTERM/SIGINT (or the server's death). A stop request lets the current
     row batch finish and gives the export back to the queue, so another start resumes it."""
     _die_with_parent()
+    _fixed_mmap_threshold()
     # Signal handlers only set a plain flag and write to a pipe: taking a lock in a handler (as
     # threading.Event.set does) can deadlock the main thread that the signal interrupted while it
     # held that same lock, and a burst of signals nested handlers until RecursionError.
