@@ -191,7 +191,8 @@ def ingest(base: str, seed_rows: int, runs: int) -> list[Figure]:
 
     return [
         Figure(f"seeding {seed_rows:,} sub-tasks (iotda-export seed), PostgreSQL vs SQLite",
-               f"PostgreSQL {median(seeded['postgresql']):,.0f} rows/s", f"SQLite: {median(seeded['sqlite']):,.0f} rows/s",
+               f"PostgreSQL {median(seeded['postgresql']):,.0f} rows/s",
+               f"SQLite: {median(seeded['sqlite']):,.0f} rows/s",
                f"{median(seed_ratios):.2f}x (median of the runs' ratios)", ">= 1.0x (no slower)",
                median(seed_ratios) >= 1.0,
                [f"per-run ratios {', '.join(f'{r:.2f}' for r in seed_ratios)}; {runs_of(seeded)}; seed_batch_task"

@@ -179,28 +179,6 @@ def test_bad_rows_leave_the_rows_before(tmp_path: Path) -> None:
 
 # -- through the stores: the worker's read path on SQLite and on PostgreSQL ----------------------
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def store(request, tmp_path_factory):
-    """Each store the worker reads from, with a database of its own (PostgreSQL: a fresh one)."""
-    from iotda_export_server.store import open_store
-
-    data_dir = tmp_path_factory.mktemp(request.param)
-    if request.param == "sqlite":
-        store = open_store(data_dir)
-        yield store
-        store.close()
-        return
-    import pg_support as ps
-
-    db = ps.TestDatabase().create()
-    store = open_store(data_dir, db.url, migrate=True)
-    try:
-        yield store
-    finally:
-        store.close()
-        db.drop()
-
-
 # What PostgreSQL's COPY text form and its server-side cursor must carry unchanged: its escapes
 # (backslash, tab, newline, carriage return), its NULL marker spelled as text, control characters.
 COPY_ESCAPES = ["back\\slash", "\\N", "\\", "tab\there", "cr\rlf\n", "\\t not a tab", "\x07\x1b\x7f",
@@ -244,43 +222,43 @@ def export_from(store, task_id: str, path: Path, after_batch=None) -> bytes:
         return archive.read(INNER)
 
 
-def test_export_from_each_store_is_byte_identical_to_plain_xlwt(store, tmp_path: Path) -> None:
+def test_export_from_each_store_is_byte_identical_to_plain_xlwt(each_store, tmp_path: Path) -> None:
     from iotda_export_server.runner import worker
 
     rows = stored_rows(9000, seed=21)
-    task_id = seed_rows(store, rows, seed=21)
+    task_id = seed_rows(each_store, rows, seed=21)
     done: list[int] = []
-    xls = export_from(store, task_id, tmp_path / "worker.zip", done.append)
+    xls = export_from(each_store, task_id, tmp_path / "worker.zip", done.append)
     # The rows the test chose, not a read-back through the store: the same bytes as plain xlwt.
     assert xls == plain_xls(rows)
     assert_read_back(xls, rows)
     assert done == [min(k * worker.READ_BATCH_ROWS, 9000) for k in range(1, -(-9000 // worker.READ_BATCH_ROWS) + 1)]
 
 
-def test_export_reads_one_snapshot_while_results_are_recorded(store, tmp_path: Path) -> None:
+def test_export_reads_one_snapshot_while_results_are_recorded(each_store, tmp_path: Path) -> None:
     # Rows updated and added after the export's first block do not reach its file.
     rows = stored_rows(9000, seed=22)
-    task_id = seed_rows(store, rows, seed=22)
+    task_id = seed_rows(each_store, rows, seed=22)
     late = [(f"ffff{i:020x}", f"late_{i}", "Success", "", "", "") for i in range(10)]
     changed = [(f"{22:04x}{i + 1:020x}", rows[i][0], "Fail", "changed", "E", "late") for i in (0, 5000, 8999)]
 
     def record_after_first_block(done: int) -> None:
         if done <= 4096:
-            with store.transaction() as tx:
+            with each_store.transaction() as tx:
                 tx.upsert_subtask_results(task_id, late + changed)
 
-    xls = export_from(store, task_id, tmp_path / "snapshot.zip", record_after_first_block)
+    xls = export_from(each_store, task_id, tmp_path / "snapshot.zip", record_after_first_block)
     assert xls == plain_xls(rows)
-    with store.snapshot() as snap:  # the changes are there for the next export
+    with each_store.snapshot() as snap:  # the changes are there for the next export
         assert snap.count_subtasks(task_id) == 9010
         statuses = snap.subtask_statuses(task_id, [rows[5000][0], "late_3"])
     assert statuses == {rows[5000][0]: "Fail", "late_3": "Success"}
 
 
-def test_empty_task_and_stopped_export_leave_no_cursor(store, tmp_path: Path) -> None:
-    empty = seed_rows(store, [], seed=23)
-    assert export_from(store, empty, tmp_path / "empty.zip") == plain_xls([])
-    task_id = seed_rows(store, stored_rows(5000, seed=24), seed=24)
+def test_empty_task_and_stopped_export_leave_no_cursor(each_store, tmp_path: Path) -> None:
+    empty = seed_rows(each_store, [], seed=23)
+    assert export_from(each_store, empty, tmp_path / "empty.zip") == plain_xls([])
+    task_id = seed_rows(each_store, stored_rows(5000, seed=24), seed=24)
 
     class Stop(Exception):
         pass
@@ -290,19 +268,19 @@ def test_empty_task_and_stopped_export_leave_no_cursor(store, tmp_path: Path) ->
 
     from iotda_export_server.runner import worker
 
-    with store.snapshot() as snap:
+    with each_store.snapshot() as snap:
         with XlsZipWriter(tmp_path / "stopped.zip", INNER) as writer:
             with pytest.raises(Stop):
                 worker.write_subtasks(snap, task_id, writer, stop)
         # The same snapshot goes on after a stopped read: its cursor is gone, not left open.
-        if store.dialect == "postgresql":
+        if each_store.dialect == "postgresql":
             assert snap.c.execute("SELECT count(*) FROM pg_cursors").fetchone()[0] == 0
         assert snap.count_subtasks(task_id) == 5000
 
 
-@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
-def test_postgres_snapshot_is_repeatable_read_and_read_only(store) -> None:
-    with store.snapshot() as snap:
+@pytest.mark.parametrize("each_store", ["postgresql"], indirect=True)
+def test_postgres_snapshot_is_repeatable_read_and_read_only(each_store) -> None:
+    with each_store.snapshot() as snap:
         settings = snap.c.execute("SELECT current_setting('transaction_isolation'),"
                                   " current_setting('transaction_read_only')").fetchone()
         assert tuple(settings) == ("repeatable read", "on")
@@ -331,8 +309,8 @@ def test_only_xlwt_1_3_0() -> None:
         xlwt.__VERSION__ = real
 
 
-@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
-def test_postgres_connection_lost_mid_read_is_the_database_error(store, tmp_path: Path) -> None:
+@pytest.mark.parametrize("each_store", ["postgresql"], indirect=True)
+def test_postgres_connection_lost_mid_read_is_the_database_error(each_store, tmp_path: Path) -> None:
     # The export's snapshot backend terminated between blocks (a restart, a cut network): the read
     # raises the database's own error, the one the worker leaves to the lease for a retry; the
     # read-ahead thread is gone with it.
@@ -345,9 +323,9 @@ def test_postgres_connection_lost_mid_read_is_the_database_error(store, tmp_path
 
     import pg_support as ps
 
-    task_id = seed_rows(store, stored_rows(20_000, seed=25), seed=25)
+    task_id = seed_rows(each_store, stored_rows(20_000, seed=25), seed=25)
     with pytest.raises(psycopg.OperationalError) as raised:  # out of the snapshot, as in run_export
-        with store.snapshot() as snap:
+        with each_store.snapshot() as snap:
             pid = snap.c.execute("SELECT pg_backend_pid()").fetchone()[0]
 
             def cut_after_first_block(done: int) -> None:

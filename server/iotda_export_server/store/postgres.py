@@ -63,18 +63,14 @@ def _row_factory(cursor):
 
 
 class _Conn:
-    """sqlite3's connection surface (qmark parameters, execute/executemany) over psycopg."""
+    """sqlite3's connection surface (qmark parameters, execute) over psycopg. (SqliteTx's two
+    executemany inserts are PgTx's COPYs.)"""
 
     def __init__(self, conn: psycopg.Connection):
         self.conn = conn
 
     def execute(self, query: str, args=()):
         return self.conn.execute(query.replace("?", "%s"), tuple(args))
-
-    def executemany(self, query: str, rows):
-        cur = self.conn.cursor()
-        cur.executemany(query.replace("?", "%s"), [tuple(r) for r in rows])
-        return cur
 
 
 class PgTx(SqliteTx):
