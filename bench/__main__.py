@@ -102,18 +102,15 @@ def main(argv: list[str] | None = None) -> int:
             for figure in recovery_bench.run(base, smoke, runs):
                 figures.append(figure)
                 show(figure, not smoke)
-        if only & {"stores", "stores-1m", "ingest"}:
-            from bench import store_bench
-            stores_figures = []
-            if "stores" in only:
-                stores_figures += store_bench.exports(base, sizes["stores"], runs, goal_ratio=0.8)
-            if "stores-1m" in only:
-                stores_figures += store_bench.exports(base, sizes["stores-1m"], runs, rss_limit_mb=220)
-            if "ingest" in only:
-                stores_figures += store_bench.ingest(base, sizes["ingest"], runs)
-            for figure in stores_figures:
-                figures.append(figure)
-                show(figure, not smoke)
+        from bench import store_bench
+        for name, measure in (
+                ("stores", lambda: store_bench.exports(base, sizes["stores"], runs, goal_ratio=0.8)),
+                ("stores-1m", lambda: store_bench.exports(base, sizes["stores-1m"], runs, rss_limit_mb=220)),
+                ("ingest", lambda: store_bench.ingest(base, sizes["ingest"], runs))):
+            if name in only:
+                for figure in measure():
+                    figures.append(figure)
+                    show(figure, not smoke)
         if "profile" in only:
             if tput_data is None:
                 from bench.common import seed

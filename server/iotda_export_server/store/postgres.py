@@ -95,13 +95,12 @@ class PgTx(SqliteTx):
         # Another replica's sweeper may be looking at the same rows: each takes what it can lock.
         return [_export(r) for r in self.c.execute(q + " FOR UPDATE SKIP LOCKED", args)]
 
-
     def subtask_statuses(self, task_id: str, targets: list[str]) -> dict[str, str]:
         """One query with the targets as one array (up to a call's 10,000): SQLite's chunks of 500
         in IN lists each cost PostgreSQL a walk of the task's rows when it plans by the task index
         (its choice while the table's statistics lag a bulk load), 20 walks per full call."""
-        return dict(self.c.conn.execute("SELECT target, status FROM subtasks WHERE task_id = %s AND target = ANY(%s)",
-                                        (task_id, targets)).fetchall())
+        return dict(self.c.conn.execute(
+            "SELECT target, status FROM subtasks WHERE task_id = %s AND target = ANY(%s)", (task_id, targets)).fetchall())
 
     def insert_subtasks(self, task_id: str, rows: Iterable[tuple[str, str, str, str, str, str]]) -> None:
         """SqliteTx.insert_subtasks's contract. COPY: one stream for all the rows instead of a
