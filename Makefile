@@ -11,10 +11,11 @@ HTTP_ADDR ?= 127.0.0.1:8080
 
 .PHONY: run test fuzz mutate venv protos check-protos lint breaking clean bench openapi browser console-screenshot
 
-$(STAMP): pyproject.toml
+## Both distributions, editable: the client (client/pyproject.toml) and the server that depends on it.
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -88,4 +89,4 @@ breaking: $(STAMP)
 	$(BIN)/python scripts/check_breaking.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info client/*.egg-info server/*.egg-info
+	rm -rf $(VENV) build client/build *.egg-info client/*.egg-info server/*.egg-info

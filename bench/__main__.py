@@ -6,7 +6,7 @@
 Figures: export throughput (rows/s from SQLite to the finished zip vs plain xlwt writing the same
 rows from memory), byte identity of the two files, a 30,000-row export from CreateExportTask to
 the Success event vs plain xlwt writing those rows, the peak RSS of a process exporting 1,000,000
-rows; the RPC figures (bench/rpc_bench.py); the recovery figures on PostgreSQL (bench/recovery_bench.py:
+rows; the RPC figures (bench/rpc_bench.py); the TLS figures against plaintext (bench/tls_bench.py); the recovery figures on PostgreSQL (bench/recovery_bench.py:
 a killed worker's takeover vs the lease it held, Success reaching another replica's watcher vs a
 10 ms poll); the stores side by side (bench/store_bench.py: a 200,000-row export on PostgreSQL vs
 SQLite, 1,000,000 rows on both with the PostgreSQL worker's peak RSS, seeding and
@@ -37,7 +37,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run, no goals judged (CI)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 3, smoke 1)")
     parser.add_argument("--only", default="",
-                        help="comma-separated: throughput,create,rss,rpc,hostile,recovery,stores,stores-1m,"
+                        help="comma-separated: throughput,create,rss,rpc,tls,hostile,recovery,stores,stores-1m,"
                              "ingest,profile")
     parser.add_argument("--out", default=None, help=f"results file (default {RESULTS} in a full run)")
     return parser.parse_args(argv)
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     smoke = args.smoke
     runs = args.runs or (1 if smoke else 3)
-    only = set(filter(None, args.only.split(","))) or {"throughput", "create", "rss", "rpc", "hostile", "recovery",
-                                                        "stores", "stores-1m", "ingest", "profile"}
+    only = set(filter(None, args.only.split(","))) or {"throughput", "create", "rss", "rpc", "tls", "hostile",
+                                                        "recovery", "stores", "stores-1m", "ingest", "profile"}
     sizes = {
         "throughput": 3_000 if smoke else 200_000,
         "create": 2_000 if smoke else 30_000,
@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         if "rpc" in only:
             from bench import rpc_bench
             for figure in rpc_bench.run(base, smoke, runs):
+                figures.append(figure)
+                show(figure, not smoke)
+        if "tls" in only:
+            from bench import tls_bench
+            for figure in tls_bench.run(base, smoke, runs):
                 figures.append(figure)
                 show(figure, not smoke)
         if "hostile" in only:

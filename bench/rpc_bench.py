@@ -24,6 +24,7 @@ from bench.export_bench import Figure
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
+    env.setdefault("GRPC_VERBOSITY", "ERROR")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["IOTDA_EXPORT_LOG_LEVEL"] = "WARNING"
     env.pop("IOTDA_EXPORT_DATABASE", None)
@@ -66,26 +67,30 @@ def _stop(proc: subprocess.Popen | None) -> None:
 
 
 class Api:
-    """`iotda-export serve` with no workers, and the credentials it made on its first start."""
+    """`iotda-export serve` with no workers, and the credentials it made on its first start. With
+    `certs` (a `dev-certs` directory) both ports use TLS, and `address` is https://HOST:PORT (what
+    bench.rpc_client reads as: TLS, trusting $BENCH_TLS_CA)."""
 
-    def __init__(self, data_dir: str, http: bool = False) -> None:
+    def __init__(self, data_dir: str, http: bool = False, certs: str | None = None) -> None:
         self.data_dir = data_dir
         self.log = os.path.join(data_dir, "server.log")
+        tls = ["--tls-cert", os.path.join(certs, "server.crt"), "--tls-key", os.path.join(certs, "server.key")] \
+            if certs else []
         # One user holds every stream of the fan-out figure: lift the per-user cap (100) above them.
-        self.proc = _popen("-m", "iotda_export_client.cli", "serve", "--data-dir", data_dir,
+        self.proc = _popen("-m", "iotda_export_server.cli", "serve", "--data-dir", data_dir,
                            "--grpc-addr", "127.0.0.1:0", "--workers", "0", "--max-watch-streams-per-user", "100000",
-                           *(["--http-addr", "127.0.0.1:0"] if http else []), log=self.log)
+                           *(["--http-addr", "127.0.0.1:0"] if http else []), *tls, log=self.log)
         deadline = time.monotonic() + 60
         while True:
             text = Path(self.log).read_text(errors="replace")
-            if "(gRPC)" in text and (not http or "(HTTP" in text):
+            if "(gRPC" in text and (not http or "(HTTP" in text):
                 break
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 _stop(self.proc)
                 raise RuntimeError(f"the server did not start:\n{text[-2000:]}")
             time.sleep(0.05)
-        line = next(line for line in text.splitlines() if "(gRPC)" in line)
-        self.address = line.split("listening on ", 1)[1].split()[0]
+        line = next(line for line in text.splitlines() if "(gRPC" in line)
+        self.address = ("https://" if certs else "") + line.split("listening on ", 1)[1].split()[0]
         self.http_port = None
         if http:
             http_line = next(line for line in text.splitlines() if "(HTTP" in line)
@@ -93,9 +98,9 @@ class Api:
         creds = json.loads((Path(data_dir) / "credentials.json").read_text())
         self.token, self.project = creds["token"], creds["project_id"]
         self.workers: list[subprocess.Popen] = []
-        import grpc
+        from bench.rpc_client import sync_channel
         from iotda.export.v1 import export_task_pb2_grpc
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = sync_channel(self.address)
         self.stub = export_task_pb2_grpc.ExportTaskServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {self.token}"),)
 
@@ -133,6 +138,26 @@ class Api:
         _stop(self.proc)
 
 
+def hold_streams(api: Api, task_id: str, streams: int, channels: int) -> tuple[str, int, int, int, float, dict]:
+    """STREAMS WatchProgress streams on a new export of `task_id`, held while it is queued (the API's
+    RSS measured before and while holding them), then two workers run it. Returns (export id,
+    streams opened, RSS before and holding in KiB, KiB per stream, the watch client's result)."""
+    watch_id = api.create(task_id)
+    time.sleep(0.5)
+    before = vmrss_kb(api.proc.pid)
+    watcher = _popen("-m", "bench.rpc_client", "watch", api.address, api.token, api.project, watch_id,
+                     str(streams), str(channels), "120")
+    assert watcher.stdout is not None
+    line = watcher.stdout.readline()
+    if not line.startswith("OPEN"):
+        raise RuntimeError(f"watch client: {line!r} {watcher.stderr.read()[-2000:] if watcher.stderr else ''}")
+    opened = int(line.split()[1])
+    time.sleep(1.0)
+    held = vmrss_kb(api.proc.pid)
+    api.start_workers(2)
+    return watch_id, opened, before, held, (held - before) / max(opened, 1), _result(watcher, 900)
+
+
 def _join(values) -> str:
     return ", ".join(f"{v:.1f}" for v in values)
 
@@ -154,21 +179,7 @@ def run(base: str, smoke: bool, runs: int) -> list[Figure]:
         watched = seed(data_dir, watch_rows, seed_value=41, project_id=api.project).task_id
 
         # -- WatchProgress streams: opened on a queued export (no worker runs yet) ----------------
-        watch_id = api.create(watched)
-        time.sleep(0.5)
-        before = vmrss_kb(api.proc.pid)
-        watcher = _popen("-m", "bench.rpc_client", "watch", api.address, api.token, api.project, watch_id,
-                         str(streams), str(channels), "120")
-        assert watcher.stdout is not None
-        line = watcher.stdout.readline()
-        if not line.startswith("OPEN"):
-            raise RuntimeError(f"watch client: {line!r} {watcher.stderr.read()[-2000:] if watcher.stderr else ''}")
-        opened = int(line.split()[1])
-        time.sleep(1.0)
-        held = vmrss_kb(api.proc.pid)
-        per_stream = (held - before) / max(opened, 1)
-        api.start_workers(2)
-        watched_result = _result(watcher, 900)
+        watch_id, opened, before, held, per_stream, watched_result = hold_streams(api, watched, streams, channels)
         all_final = watched_result["success"] == streams and not watched_result["errors"]
         figures.append(Figure(
             f"{streams:,} WatchProgress streams on one API process",

@@ -9,6 +9,8 @@
     python -m bench.rpc_client flood     HTTP_PORT PROJECT BODY_MB PER_SECOND SECONDS
     python -m bench.rpc_client sink-server
 
+An ADDR of the form https://HOST:PORT is called over TLS, trusting the CA file named by $BENCH_TLS_CA.
+
 Results are printed as one JSON line (watch also prints "OPEN <count>" once every stream has its
 first event, or none came for 10 s, so the caller can measure the server and then make the task
 change).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import signal
 import statistics
 import sys
@@ -30,6 +33,27 @@ GET_METHOD = "/iotda.export.v1.ExportTaskService/GetExportTask"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 WATCH_METHOD = "/iotda.export.v1.ExportTaskService/WatchProgress"
 ECHO_METHOD = "/bench.Echo/Echo"
+
+
+def _tls(address: str) -> tuple[str, grpc.ChannelCredentials | None]:
+    if not address.startswith("https://"):
+        return address, None
+    with open(os.environ["BENCH_TLS_CA"], "rb") as f:
+        return address[len("https://"):], grpc.ssl_channel_credentials(f.read())
+
+
+def sync_channel(address: str, options=()) -> grpc.Channel:
+    target, credentials = _tls(address)
+    if credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def aio_channel(address: str, options=()) -> grpc.aio.Channel:
+    target, credentials = _tls(address)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -110,7 +134,7 @@ def rate(address: str, token: str, project: str, export_id: str, rps: str, secon
     method = {"echo": ECHO_METHOD, "health": HEALTH_METHOD}.get(target, GET_METHOD)
     request = b"" if target == "health" else _get_request(project, export_id)
     metadata = (("authorization", f"Bearer {token}"),)
-    with grpc.insecure_channel(address) as channel:
+    with sync_channel(address) as channel:
         call = channel.unary_unary(method)
         for _ in range(20):  # warm-up: connection, first-call paths
             call(request, metadata=metadata, timeout=10)
@@ -140,7 +164,7 @@ def saturate(address: str, token: str, project: str, export_id: str, concurrency
     method = ECHO_METHOD if target == "echo" else GET_METHOD
 
     async def run() -> dict:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with aio_channel(address) as channel:
             call = channel.unary_unary(method)
             for _ in range(20):
                 await call(request, metadata=metadata, timeout=10)
@@ -179,7 +203,7 @@ def watch(address: str, token: str, project: str, export_id: str, streams: str, 
     n, k = int(streams), int(channels)
 
     async def run() -> dict:
-        chans = [grpc.aio.insecure_channel(address, options=(("grpc.use_local_subchannel_pool", 1),)) for _ in range(k)]
+        chans = [aio_channel(address, options=(("grpc.use_local_subchannel_pool", 1),)) for _ in range(k)]
         calls = [chans[i % k].unary_stream(WATCH_METHOD, request_serializer=epb.WatchProgressRequest.SerializeToString,
                                            response_deserializer=epb.WatchProgressResponse.FromString)
                  for i in range(n)]

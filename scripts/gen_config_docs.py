@@ -4,7 +4,7 @@ What it reads, so that re-running it picks up whatever is added later (a new sub
 environment variable, a new rule):
 
 - the `iotda-export` command: every sub-command and flag of the argparse parser that
-  `iotda_export_client.cli.build_parser()` returns, with its value, default and help text. The
+  `iotda_export_server.cli.build_parser()` returns, with its value, default and help text. The
   parser is built with every IOTDA_EXPORT_* variable removed from the environment, so the defaults
   shown are the built-in ones whoever runs this; which variable sets a flag's default is found by
   building the parser again with each variable set;
@@ -71,6 +71,18 @@ ENV_VARS: dict[str, str] = {
     "IOTDA_EXPORT_HTTP_ADDR": "Default `--http-addr` of `serve` (the HTTP/JSON gateway); unset or empty: no"
                               " gateway.",
     "IOTDA_EXPORT_LEASE_SECONDS": "Default `--lease-seconds` of `serve` and `worker`.",
+    "IOTDA_EXPORT_TLS_CERT": "Default `--tls-cert` of `serve`: the PEM certificate chain of both ports (TLS);"
+                             " renewed files are served from the next handshake on (docs/how-to/tls.md).",
+    "IOTDA_EXPORT_TLS_KEY": "Default `--tls-key` of `serve`: the PEM private key of `--tls-cert`.",
+    "IOTDA_EXPORT_HTTP_TLS_CERT": "Default `--http-tls-cert` of `serve`: the HTTP gateway's own certificate.",
+    "IOTDA_EXPORT_HTTP_TLS_KEY": "Default `--http-tls-key` of `serve`: the key of `--http-tls-cert`.",
+    "IOTDA_EXPORT_TLS_CLIENT_CA": "Default `--tls-client-ca` of `serve`: the CA whose client certificates both TLS"
+                                  " ports then require (mutual TLS).",
+    "IOTDA_EXPORT_TLS_CA": "The calling commands' (and the Python client's `load_credentials()`) `--tls-ca`: the"
+                           " PEM CA that signed the server's certificate; set, the connection uses TLS.",
+    "IOTDA_EXPORT_CLIENT_CERT": "The calling commands' `--tls-cert`: a PEM client certificate for mutual TLS (a"
+                                " principal bound to it needs no token).",
+    "IOTDA_EXPORT_CLIENT_KEY": "The calling commands' `--tls-key`: the PEM key of the client certificate.",
     "IOTDA_EXPORT_LOG_LEVEL": "Log level of `serve`, `worker` and the export worker processes (DEBUG, INFO,"
                               " WARNING, ...); default INFO.",
     "IOTDA_EXPORT_LOG_FORMAT": "Log format of `serve`, `worker` and the export worker processes: `text`"
@@ -175,7 +187,7 @@ def environment(**values: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from iotda_export_client import cli
+    from iotda_export_server import cli
     return cli.build_parser()
 
 
@@ -416,7 +428,8 @@ def generate() -> str:
         "# Configuration reference",
         "",
         "Everything here is read from the code: the `iotda-export` command's parser"
-        " (`client/iotda_export_client/cli.py`, `build_parser()`), the `IOTDA_EXPORT_*` variables the Python"
+        " (`server/iotda_export_server/cli.py`, `build_parser()`, which mounts the calling commands of"
+        " `client/iotda_export_client/cli.py`), the `IOTDA_EXPORT_*` variables the Python"
         " source reads, and the constants of `server/iotda_export_server/domain/rules.py`.",
         "",
         "- [The `iotda-export` command](#the-iotda-export-command)",

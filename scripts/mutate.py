@@ -86,11 +86,11 @@ TARGETS: tuple[Target, ...] = (
     )),
     Target("auth", "server/iotda_export_server/domain/auth.py", groups=(
         Group(("*",), ("tests/test_mutation_rules.py", "tests/test_auth.py", "-k",
-                       "test_auth or credentials or statements or vouches")),
+                       "test_auth or credentials or statements or vouches or removal")),
     )),
     Target("validation", "server/iotda_export_server/domain/validation.py", groups=(
         Group(("*",), ("tests/test_mutation_rules.py", "tests/test_validation.py", "-k",
-                       "test_validation or paging or instance_id or create_names")),
+                       "test_validation or paging or instance_id or create_names or json_object")),
     )),
 )
 

@@ -27,7 +27,7 @@ import pytest
 
 ADMIN_URL = os.environ.get("IOTDA_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 START_HINT = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-CLI = [sys.executable, "-m", "iotda_export_client.cli"]
+CLI = [sys.executable, "-m", "iotda_export_server.cli"]
 LISTENING = re.compile(r"listening on (\S+) \(gRPC\)")
 
 

@@ -24,7 +24,8 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
     figures = [line for line in proc.stdout.splitlines() if line.startswith("- ")]
     names = " | ".join(figures)
     for expected in ("export throughput", "xls == naive", "create -> Success", "peak RSS", "WatchProgress",
-                     "GetExportTask p99", "GetExportTask throughput", "health p99 while anonymous",
+                     "GetExportTask p99", "GetExportTask throughput", "throughput over TLS",
+                     "WatchProgress streams over TLS", "health p99 while anonymous",
                      "taken over after its worker's kill", "on the other replica", "create -> Success, PostgreSQL vs SQLite",
                      "peak RSS of the PostgreSQL worker", "seeding", "RecordSubtaskResults ingest"):
         assert expected in names, proc.stdout

@@ -191,7 +191,7 @@ class Serve:
     def __init__(self, data_dir: pathlib.Path, log: pathlib.Path):
         self.log = open(log, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "iotda_export_client.cli", "serve", "--data-dir", str(data_dir),
+            [sys.executable, "-m", "iotda_export_server.cli", "serve", "--data-dir", str(data_dir),
              "--grpc-addr", "127.0.0.1:0", "--workers", "1"],
             stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True, stdin=subprocess.DEVNULL,
             env={**os.environ, "IOTDA_EXPORT_LOG_LEVEL": "WARNING"})

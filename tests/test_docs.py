@@ -159,7 +159,7 @@ def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 
 
 def test_every_flag_of_every_subcommand_is_documented_in_its_section():
-    from iotda_export_client.cli import build_parser
+    from iotda_export_server.cli import build_parser
     page = CONFIGURATION.read_text(encoding="utf-8")
     parser = build_parser()
     leaves = list(commands(parser))
@@ -180,3 +180,20 @@ def test_every_flag_of_every_subcommand_is_documented_in_its_section():
     missing += [f"(connection) {s}" for a in parser._actions if not isinstance(
         a, (argparse._HelpAction, argparse._SubParsersAction)) for s in a.option_strings if f"`{s}`" not in top]
     assert not missing, "undocumented in docs/configuration.md: " + ", ".join(missing)
+
+
+# -- 5. credentials the docs create stay private and out of git ------------------------------------
+
+def test_the_docs_write_credentials_with_output_and_git_ignores_them():
+    """`principal add ... > FILE` would leave the secret key in a file of the shell's umask: the docs
+    use --output (0600), and every credentials file they name is ignored by git."""
+    named = set()
+    for path in markdown_files():
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"principal add[^\n`]*>\s*\S", text), f"{path.name}: principal add redirected to a file"
+        named |= set(re.findall(r"principal add [^\n`]*--output ([\w./-]+\.json)", text))
+        named |= set(re.findall(r"--credentials ([\w./-]+\.json)", text))
+    assert "alice.credentials.json" in named
+    r = subprocess.run(["git", "check-ignore", "--no-index", *sorted(named)], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert sorted(r.stdout.split()) == sorted(named), f"not ignored: {sorted(named - set(r.stdout.split()))}"

@@ -287,7 +287,7 @@ def test_a_real_server_keeps_secrets_and_files_private_and_formulas_as_text(tmp_
     log_path = tmp_path / "serve.out"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "iotda_export_client.cli", "serve", "--data-dir", str(data), "--grpc-addr",
+            [sys.executable, "-m", "iotda_export_server.cli", "serve", "--data-dir", str(data), "--grpc-addr",
              "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "IOTDA_EXPORT_LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"})

@@ -7,10 +7,13 @@ prove them where a mutant is cheap to run.)"""
 from __future__ import annotations
 
 import dataclasses
+import json
+import secrets
 
 import pytest
 
-from iotda_export_server.domain import rules
+from iotda_export_server.domain import auth, rules, validation
+from iotda_export_server.app import add_principal
 from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.domain.errors import (BatchTaskNotFound, DataLoss, ExportTaskNotFound, FailedPrecondition,
                                                InvalidArgument, OutOfRange, QuotaExceeded, RateLimited)
@@ -69,6 +72,17 @@ def test_rules_are_the_documented_numbers():
     assert rules.MAX_RECORDED_RESULTS_PER_CALL == 10_000
     assert rules.DOWNLOAD_CHUNK_BYTES == 65_536
     assert rules.WATCH_HEARTBEAT_SECONDS == 15.0
+    # The bounds of issue 11 (README "Limits", the proto's comments). The behaviour tests (test_bounds.py)
+    # read these constants to find each boundary, so only this pins the documented numbers.
+    assert rules.MAX_TASK_EXT_INFO_CHARS == 512  # the platform's page
+    assert (rules.MAX_DOCUMENT_CHARS, rules.MAX_TARGETS_FILTER_CHARS, rules.MAX_TARGET_GROUPS) == (65_536, 16_384, 100)
+    assert (rules.MAX_JSON_DEPTH, rules.STRUCT_BYTES_PER_JSON_CHAR, rules.MAX_RESOURCE_CONDITION_CHARS) == (12, 6, 256)
+    assert (rules.MAX_OUTPUT_CHARS, rules.MAX_ERROR_FIELD_CHARS) == (32_767, 1_024)
+    assert rules.LIST_PAGE_BUDGET_BYTES == 3_145_728  # 3 MiB: under the 4 MiB gRPC clients take by default
+    assert (rules.MAX_WATCH_STREAMS_PER_USER, rules.MAX_DOWNLOADS_PER_USER) == (100, 2)
+    # A Struct's encoding is at most 5.5 bytes per JSON character, so the pre-check never refuses what
+    # the character rule accepts (test_bounds.py proves it with hypothesis): 6 must stay above 5.5.
+    assert rules.STRUCT_BYTES_PER_JSON_CHAR > 5.5
 
 
 # -- create: validation ------------------------------------------------------------------------
@@ -279,13 +293,23 @@ def test_delete_removes_the_row_and_the_file(rig):
         rig.service.delete(caller, "")
 
 
+def _caller_sorting(rig, prefix: str, wanted) -> Caller:
+    """A new principal whose (random) id satisfies wanted(id): each try is a coin toss."""
+    for _ in range(200):
+        caller = rig.caller(prefix)
+        if wanted(caller.owner):
+            return caller
+    raise AssertionError("no principal id of the wanted order in 200 tries")
+
+
 @pytest.mark.parametrize("who", ["earlier user", "later user", "project before", "project after",
                                  "instance before", "instance after", "no instance"])
 def test_a_task_is_visible_only_to_its_owner_in_its_project_and_instance(rig, who):
     """Strangers on both sides of the owner, its project and its instance, in any order they sort."""
-    earlier = rig.caller("a")  # users made before and after the owner, named before and after it
+    # Tasks are owned by principal ids (random): strangers whose ids sort before and after the owner's
     caller = dataclasses.replace(rig.caller("m"), instance_id="m-inst")
-    later = rig.caller("z")
+    earlier = _caller_sorting(rig, "a", lambda pid: pid < caller.owner)
+    later = _caller_sorting(rig, "z", lambda pid: pid > caller.owner)
     batch = seed_batch_task(rig.store, caller.project_id, "m-inst", 2, seed=4)
     t = rig.finish(caller, rig.service.create(caller, request(batch)), succeed=True)
     stranger = {
@@ -452,6 +476,16 @@ def test_a_missing_file_is_data_loss_marks_the_task_and_is_not_counted(rig):
     assert rig.store.reader().download_limit(caller.owner) is None
     marked = rig.store.reader().export_task(t.export_task_id)
     assert (marked.status, marked.file_available) == ("Failed", False) and "damaged" in marked.status_desc
+    # Asked again: still data loss, never counted, saying what brings the file back
+    with pytest.raises(DataLoss) as again:
+        rig.service.admit_download(caller, t.export_task_id, 0, 0)
+    assert "create the export again to re-run it" in again.value.message
+    rerun = rig.service.create(caller, request(marked.batch_task_id))
+    assert rerun.export_task_id == t.export_task_id and rerun.unfinished
+    with pytest.raises(DataLoss) as running:
+        rig.service.admit_download(caller, t.export_task_id, 0, 0)
+    assert "it is running again" in running.value.message
+    assert rig.store.reader().download_limit(caller.owner) is None
 
 
 def test_services_share_nothing_but_the_store(tmp_path):
@@ -527,6 +561,53 @@ def test_a_front_end_vouches_only_with_its_key_and_for_an_existing_user(tmp_path
     store.close()
 
 
+def test_client_certificate_credentials_name_their_bound_principal_only_without_a_token(tmp_path):
+    from iotda_export_server.app import add_principal
+    from iotda_export_server.domain.auth import Authenticator
+    from iotda_export_server.domain.errors import Unauthenticated
+    (tmp_path / "d").mkdir()
+    store = open_store(tmp_path / "d")
+    by_subject = add_principal(store, "svc-a", "p" * 32, client_cert_subject="CN=svc-a,O=Example")
+    add_principal(store, "svc-b", "q" * 32, client_cert_san="svc-b.internal")
+    add_principal(store, "svc-c", "r" * 32, client_cert_san="spiffe://example/svc-c")
+    authenticator = Authenticator(store, front_end_key="k" * 32)
+    # The subject, else each SAN in turn; the subject wins over a SAN bound to someone else.
+    assert authenticator.by_client_cert("CN=svc-a,O=Example", ()).user == "svc-a"
+    assert authenticator.by_client_cert("CN=other", ("x.internal", "svc-b.internal")).user == "svc-b"
+    assert authenticator.by_client_cert("", ("spiffe://example/svc-c",)).user == "svc-c"
+    assert authenticator.by_client_cert("CN=svc-a,O=Example", ("svc-b.internal",)).user == "svc-a"
+    assert authenticator.by_client_cert("CN=svc-a", ("svc-a.internal",)) is None  # whole subjects, exact SANs
+    assert authenticator.by_client_cert("", ()) is None
+    # authenticate: the certificate counts only without a token; a token given decides, right or wrong.
+    cert_a = ("CN=svc-a,O=Example", ())
+    assert authenticator.authenticate("", client_cert=cert_a).user == "svc-a"
+    assert authenticator.authenticate("", client_cert=("CN=x", ("svc-b.internal",))).user == "svc-b"
+    bob = add_principal(store, "bob", "s" * 32)
+    assert authenticator.authenticate(bob["token"], client_cert=cert_a).user == "bob"
+    for token, cert in (("0" * 64, cert_a), ("", ("CN=nobody", ())), ("", None)):
+        with pytest.raises(Unauthenticated):
+            authenticator.authenticate(token, client_cert=cert)
+    # A front end's vouching (the gateway's) decides before either.
+    bob_id = store.reader().principal_by("user", "bob").principal_id
+    assert authenticator.authenticate("", bob_id, "k" * 32, client_cert=cert_a).user == "bob"
+    assert by_subject["user"] == "svc-a"
+    store.close()
+
+
+def test_client_cert_san_credentials_are_printable_names_without_spaces():
+    from iotda_export_server.domain import auth
+    from iotda_export_server.domain.model import Statement
+    statements = [Statement("Allow", ("*",), None)]
+    for good in ("a", "svc-b.internal", "10.0.0.7", "x" * 255, "~!"):
+        principal, _ = auth.new_principal("u", "p" * 32, statements, client_cert_san=good)
+        assert principal.client_cert_san == good
+    assert auth.new_principal("u", "p" * 32, statements)[0].client_cert_san is None
+    for bad in ("", "has space", "x" * 256, "tab\there", "é"):
+        with pytest.raises(InvalidArgument) as info:
+            auth.new_principal("u", "p" * 32, statements, client_cert_san=bad)
+        assert fields(info.value) == ["client_cert_san"]
+
+
 # -- paging and field rules (domain/validation.py) --------------------------------------------------
 
 def test_paging_takes_the_documented_ranges_inclusive():
@@ -552,3 +633,114 @@ def test_instance_id_keeps_a_given_instance():
     assert validation.instance_id("") == "" and validation.instance_id("inst-1") == "inst-1"
     with pytest.raises(InvalidArgument):
         validation.instance_id("inst 1")
+
+
+# -- JSON fields of a request (validation.json_object) --------------------------------------------
+
+def _nested(depth: int) -> dict:
+    """Objects nested `depth` levels deep, the outer one being level 1 (arrays: the test below)."""
+    value = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [1, 2, rules.MAX_JSON_DEPTH])
+def test_json_object_accepts_nesting_up_to_the_limit(depth):
+    value = _nested(depth)
+    assert validation.json_object(value, "document", 10_000) == json.dumps(value, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("depth", [rules.MAX_JSON_DEPTH + 1, rules.MAX_JSON_DEPTH + 2])
+def test_json_object_refuses_nesting_past_the_limit(depth):
+    with pytest.raises(InvalidArgument) as info:
+        validation.json_object(_nested(depth), "document", 10_000)
+    assert fields(info.value) == ["document"]
+    assert f"at most {rules.MAX_JSON_DEPTH} levels" in info.value.violations[0].description
+
+
+def test_json_object_counts_levels_of_objects_in_arrays_and_arrays_in_objects():
+    """Depth 12 written as arrays of objects only, and as objects of arrays only: both levels count."""
+    arrays = {"a": [[[[[[[[[[[1]]]]]]]]]]]}  # the object + 11 arrays: 12 levels
+    assert validation.json_object(arrays, "document", 10_000)
+    with pytest.raises(InvalidArgument):
+        validation.json_object({"a": [arrays]}, "document", 10_000)
+
+
+def test_json_object_takes_exactly_max_chars_of_compact_json():
+    value = {"s": "x" * 92}  # {"s":"xx..."}: 8 characters around the string
+    assert len(validation.json_object(value, "task_ext_info", 100)) == 100
+    with pytest.raises(InvalidArgument) as info:
+        validation.json_object(value, "task_ext_info", 99)
+    assert fields(info.value) == ["task_ext_info"] and "got 100" in info.value.violations[0].description
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_json_object_refuses_nan_and_infinity_by_name(number):
+    with pytest.raises(InvalidArgument) as info:
+        validation.json_object({"v": [number]}, "document", 10_000)
+    assert fields(info.value) == ["document"] and "NaN or Infinity" in info.value.violations[0].description
+
+
+# -- principal removal -----------------------------------------------------------------------------
+
+def test_removal_of_a_name_that_is_not_there_is_false_and_changes_nothing(rig):
+    caller = rig.caller()
+    t = _done(rig, caller)
+    assert auth.remove_principal(rig.store, rig.files, "nobody-of-that-name") is False
+    assert rig.store.reader().export_task(t.export_task_id) == t and rig.files.path(t.export_task_id).exists()
+
+
+def test_removal_deletes_the_principals_tasks_and_their_files(rig):
+    caller, other = rig.caller(), rig.caller()
+    kept = _done(rig, other)
+    tasks = [_done(rig, caller), rig.create(caller, rig.batch(caller, 4))]  # a finished one and a queued one
+    assert auth.remove_principal(rig.store, rig.files, caller.principal.user) is True
+    assert rig.store.reader().principal_by("user", caller.principal.user) is None
+    for t in tasks:
+        assert rig.store.reader().export_task(t.export_task_id) is None
+        assert not rig.files.path(t.export_task_id).exists()
+    assert rig.store.reader().count_export_tasks(caller.owner) == 0
+    assert rig.store.reader().export_task(kept.export_task_id) == kept and rig.files.path(kept.export_task_id).exists()
+
+
+class _StaleFirstLook:
+    """The store as a removal sees it when the name was removed and added again between its look-up
+    and its lock: the first look-up answers the old principal; everything else is the real store."""
+
+    def __init__(self, store, stale):
+        self._store, self._stale, self._looked = store, stale, False
+
+    def reader(self):
+        if self._looked:
+            return self._store.reader()
+        self._looked = True
+        stale = self._stale
+
+        class Reader:
+            def principal_by(self, key, value):
+                return stale
+
+        return Reader()
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+@pytest.mark.parametrize("order", ["new id sorts after the old", "new id sorts before the old"])
+def test_removal_removes_the_principal_that_holds_the_name_at_the_lock(rig, order):
+    old = rig.caller("again")
+    name = old.principal.user
+    wanted = (lambda pid: pid > old.owner) if order.startswith("new id sorts after") else (lambda pid: pid < old.owner)
+    for _ in range(200):  # re-add under the same name until the new (random) id sorts as wanted
+        assert auth.remove_principal(rig.store, rig.files, name)
+        add_principal(rig.store, name, secrets.token_hex(16))
+        new = rig.store.reader().principal_by("user", name)
+        if wanted(new.principal_id):
+            break
+    else:
+        raise AssertionError("no principal id of the wanted order in 200 tries")
+    t = _done(rig, Caller(principal=new, project_id=new.project_id, instance_id=""))
+    assert auth.remove_principal(_StaleFirstLook(rig.store, old.principal), rig.files, name) is True
+    assert rig.store.reader().principal_by("user", name) is None
+    assert rig.store.reader().export_task(t.export_task_id) is None and not rig.files.path(t.export_task_id).exists()

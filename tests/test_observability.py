@@ -108,7 +108,7 @@ def test_json_logs_carry_request_id_and_user_and_no_secret(tmp_path):
     log_path = tmp_path / "serve.err"
     with open(log_path, "w") as err, open(tmp_path / "serve.out", "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "iotda_export_client.cli", "serve", "--data-dir", str(data), "--grpc-addr",
+            [sys.executable, "-m", "iotda_export_server.cli", "serve", "--data-dir", str(data), "--grpc-addr",
              "127.0.0.1:0", "--workers", "1", "--log-format", "json"],
             stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "IOTDA_EXPORT_LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"})
@@ -121,7 +121,7 @@ def test_json_logs_carry_request_id_and_user_and_no_secret(tmp_path):
         grpc_addr = wait_for(address, 30, what="serve to print its address")
         creds = json.loads((data / "credentials.json").read_text())
         md = (("authorization", f"Bearer {creds['token']}"), ("x-request-id", "req-observability-1"))
-        seeded = subprocess.run([sys.executable, "-m", "iotda_export_client.cli", "seed", "--data-dir", str(data),
+        seeded = subprocess.run([sys.executable, "-m", "iotda_export_server.cli", "seed", "--data-dir", str(data),
                                  "--subtasks", "500", "--json"], capture_output=True, text=True, timeout=60)
         assert seeded.returncode == 0, seeded.stderr
         task_id = json.loads(seeded.stdout)["task_id"]
@@ -234,3 +234,124 @@ def test_downloads_cut_by_the_client_or_by_shutdown_count_as_what_the_client_saw
     assert value(after, "iotda_export_rpcs_total", method="ShowExportTask", code="UNAVAILABLE") == 1
     assert value(after, "iotda_export_rpcs_total", method="ShowExportTask", code="CANCELLED") == 1
     assert value(after, "iotda_export_rpcs_total", method="ShowExportTask", code="OK") == 0
+
+
+def _sample_labels(text: str) -> dict[str, set[str]]:
+    """{sample name: the label names it carries} of an exposition."""
+    names: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            names.setdefault(s.name, set()).update(s.labels)
+    return names
+
+
+def test_grpc_server_metrics_and_process_metrics_beside_ours(tmp_path):
+    server = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            user = make_user(server, channel)
+            batch = seed_batch_task(server.store, user.project_id, "", 50, seed=7)
+            export = _create(user, batch)
+            refused(lambda: _status(user, "0" * 24), grpc.StatusCode.NOT_FOUND)
+            samples = scrape(server)
+            svc = "iotda.export.v1.ExportTaskService"
+            unary = dict(grpc_type="unary", grpc_service=svc)
+            assert value(samples, "grpc_server_started_total", grpc_method="CreateExportTask", **unary) == 1
+            assert value(samples, "grpc_server_handled_total", grpc_method="CreateExportTask", grpc_code="OK",
+                         **unary) == 1
+            # go-grpc-prometheus's spelling of the codes.
+            assert value(samples, "grpc_server_handled_total", grpc_method="GetExportTask", grpc_code="NotFound",
+                         **unary) == 1
+            assert value(samples, "grpc_server_handling_seconds_count", grpc_method="GetExportTask", **unary) == 1
+            assert value(samples, "grpc_server_handling_seconds_bucket", grpc_method="GetExportTask", le="+Inf",
+                         **unary) == 1
+            # Our own names keep working beside them.
+            assert value(samples, "iotda_export_rpcs_total", method="GetExportTask", code="NOT_FOUND") == 1
+            # The process: memory, CPU, fds, and the Python running it.
+            for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds",
+                         "process_max_fds", "process_start_time_seconds"):
+                assert value(samples, name) > 0, name
+            assert any(name == "python_info" for name, _ in samples)
+
+            # A stream counts as server_stream, started when it begins and handled when it ends.
+            stream = user.exports.WatchProgress(epb.WatchProgressRequest(
+                project_id=user.project_id, export_task_id=export.export_task_id), metadata=user.metadata)
+            next(stream)
+            streaming = dict(grpc_type="server_stream", grpc_service=svc, grpc_method="WatchProgress")
+            assert value(scrape(server), "grpc_server_started_total", **streaming) == 1
+            assert value(scrape(server), "grpc_server_handled_total", grpc_code="Canceled", **streaming) == 0
+            stream.cancel()
+            wait_for(lambda: value(scrape(server), "grpc_server_handled_total", grpc_code="Canceled",
+                                   **streaming) == 1, timeout=10, what="the cancelled watch to be counted")
+    finally:
+        server.stop()
+
+
+def test_the_grafana_dashboard_queries_parse_and_use_only_metrics_the_server_exports(tmp_path):
+    """docs/grafana/iotda-export.json: every query parses with a real PromQL parser (promql-parser: Python
+    bindings of the Rust promql-parser crate), and every metric and label it selects is one a
+    live server exposes after an export ran, was downloaded, and a call was refused."""
+    import pathlib
+
+    import promql_parser
+
+    dashboard_path = pathlib.Path(__file__).resolve().parent.parent / "docs" / "grafana" / "iotda-export.json"
+    dashboard = json.loads(dashboard_path.read_text())
+    server = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            user = make_user(server, channel)
+            batch = seed_batch_task(server.store, user.project_id, "", 300, seed=11)
+            export = _create(user, batch)
+            with worker_process(server):
+                wait_for(lambda: _status(user, export.export_task_id) == "Success", timeout=60, what="the export")
+                wait_for(lambda: value(scrape(server), "iotda_export_runs_finished_total", outcome="success") == 1,
+                         timeout=10, what="the run to be reported")
+            list(user.exports.ShowExportTask(epb.ShowExportTaskRequest(
+                project_id=user.project_id, export_task_id=export.export_task_id), metadata=user.metadata))
+            refused(lambda: list(user.exports.ShowExportTask(epb.ShowExportTaskRequest(
+                project_id=user.project_id, export_task_id=export.export_task_id), metadata=user.metadata)),
+                grpc.StatusCode.RESOURCE_EXHAUSTED)
+            with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=10) as r:
+                exported = _sample_labels(r.read().decode())
+    finally:
+        server.stop()
+
+    # Labels Prometheus adds to every series when it scrapes.
+    target_labels = {"instance", "job"}
+    grafana_variables = {"$__rate_interval": "5m", "$instance": ".*"}
+    queries = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(queries) >= 15
+    problems = []
+    used = set()
+    for title, expr in queries:
+        for variable, example in grafana_variables.items():
+            expr = expr.replace(variable, example)
+        assert "$" not in expr, f"{title}: a Grafana variable the test does not know: {expr}"
+        try:
+            ast = promql_parser.parse(expr)
+        except ValueError as e:
+            problems.append(f"{title}: does not parse: {e}: {expr}")
+            continue
+        selectors = []
+        promql_parser.walk(ast, lambda node: selectors.append(node)
+                           if isinstance(node, promql_parser.VectorSelector) else None)
+        assert selectors, f"{title}: selects no metric"
+        for selector in selectors:
+            used.add(selector.name)
+            if selector.name not in exported:
+                problems.append(f"{title}: {selector.name} is not exported")
+                continue
+            for matcher in selector.matchers.matchers:
+                if matcher.name not in exported[selector.name] | target_labels:
+                    problems.append(f"{title}: {selector.name} has no label {matcher.name}")
+    for variable in dashboard["templating"]["list"]:
+        metric = re.fullmatch(r"label_values\((\w+), *(\w+)\)", variable["query"]["query"])
+        assert metric, variable
+        if metric.group(1) not in exported:
+            problems.append(f"variable {variable['name']}: {metric.group(1)} is not exported")
+    assert not problems, "\n".join(problems)
+    # It shows the conventional gRPC names, the process and our export figures.
+    assert {"grpc_server_handled_total", "grpc_server_started_total", "grpc_server_handling_seconds_bucket",
+            "process_resident_memory_bytes", "process_open_fds", "iotda_export_exports",
+            "iotda_export_rows_written_total"} <= used

@@ -348,7 +348,7 @@ def test_a_sqlite_database_of_an_earlier_version_migrates_owners_to_ids(tmp_path
             for row in rows:
                 db.execute(f"INSERT INTO {table} ({V1_COLUMNS[table]}) VALUES ({', '.join('?' * len(row))})", row)
     store = open_store(data)
-    assert store.schema_version() == sqlite_store.migrations()[-1][0] == 3
+    assert store.schema_version() == sqlite_store.migrations()[-1][0] == 4
     ids = _check_migrated(lambda q: [tuple(r) for r in store.reader().c.execute(q).fetchall()])
     store.close()
 
@@ -379,10 +379,10 @@ def test_a_postgres_database_of_an_earlier_version_migrates_owners_to_ids(tmp_pa
                     conn.execute(f"INSERT INTO {table} ({V1_COLUMNS[table]}) VALUES ({', '.join(['%s'] * len(row))})",
                                  row)
         # A server refuses the old schema until it is migrated.
-        with pytest.raises(sqlite_store.SchemaError, match=f"version {from_version}, this server needs 3"):
+        with pytest.raises(sqlite_store.SchemaError, match=f"version {from_version}, this server needs 4"):
             open_store(tmp_path, db.url, migrate=False)
         store = open_store(tmp_path, db.url, migrate=True)
-        assert store.check_schema() == 3
+        assert store.check_schema() == 4
         _check_migrated(db.query)
         with pytest.raises(psycopg.errors.NotNullViolation):  # the id is not optional
             db.query('INSERT INTO principals ("user", project_id, enterprise_project_id, token_sha256, ak, sk,'

@@ -25,7 +25,7 @@ LISTENING = re.compile(r"listening on (\S+) \(gRPC\)")
 
 def start_serve(data_dir) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "iotda_export_client.cli", "serve", "--data-dir", str(data_dir),
+        [sys.executable, "-m", "iotda_export_server.cli", "serve", "--data-dir", str(data_dir),
          "--grpc-addr", "127.0.0.1:0", "--workers", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "IOTDA_EXPORT_LOG_LEVEL": "WARNING"})

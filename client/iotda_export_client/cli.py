@@ -1,5 +1,26 @@
-"""The `iotda-export` command: run the service, administer its data directory, and call it.
+"""The calling half of the `iotda-export` command: `export` and `batch` against a running server.
 
+This module imports nothing of the server: the client distribution (iotda-export-client) installs
+it as `iotda-export-client`; the server distribution mounts the same commands, beside its own
+(serve, worker, migrate, principal, seed), under `iotda-export` (iotda_export_server/cli.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import difflib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+from .addresses import DEFAULT_ADDRESS, check_address
+
+PROG = "iotda-export"
+# The end of every top-level --help (client and server command alike).
+CALLING_NOTES = """
 Credentials for the calling commands (export, batch) come from, value by value: the flags
 (--address, --token, --project, --instance-id, then the file given with --credentials), the
 environment (IOTDA_EXPORT_ADDRESS, IOTDA_EXPORT_TOKEN, IOTDA_EXPORT_PROJECT,
@@ -10,109 +31,97 @@ IOTDA_EXPORT_INSTANCE_ID, then the file named by IOTDA_EXPORT_CREDENTIALS), and 
 Exit codes: 0 success; 1 a refused call, an unreachable server or a failed export; 2 bad usage or
 input (argument errors, INVALID_ARGUMENT, OUT_OF_RANGE, missing credentials).
 """
+# How many times in a row a broken WatchProgress stream is watched again before giving up.
+WATCH_RECONNECTS = 5
 
-from __future__ import annotations
 
-import argparse
-import asyncio
-import datetime as dt
-import json
-import os
-import signal
-import sys
-import time
+# -- the parser: no abbreviations, errors with the sub-command's usage and a "did you mean" --------
 
-def _serve(args: argparse.Namespace) -> int:
-    from iotda_export_server.app import CREDENTIALS_FILE, ExportServer, ServerConfig
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest candidate (a flag the word starts, else difflib's), or ''."""
+    candidates = list(candidates)
+    prefixed = [c for c in candidates if c.startswith(word) and len(word) > 2]
+    close = prefixed[:1] or difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
-    _configure_logs("server", args)
-    config = ServerConfig(data_dir=args.data_dir, grpc_addr=args.grpc_addr, http_addr=args.http_addr or None,
-                          workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
-                          database=args.database, files_dir=args.files_dir,
-                          lease_seconds=args.lease_seconds, max_watch_streams_per_user=args.max_watch_streams_per_user,
-                          max_downloads_per_user=args.max_downloads_per_user)
 
-    async def main() -> int:
-        server = ExportServer(config)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Adds to each flag's help its built-in default and, for flags made by `env_option`, the
+    environment variable that overrides it; the help texts themselves stay free of both (the
+    configuration reference shows them in columns of their own)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.nargs == 0 or text == argparse.SUPPRESS:
+            return text
+        notes = []
+        env = getattr(action, "env_var", None)
+        if env:
+            notes.append(f"env {env}")
+        shown = getattr(action, "shown_default", action.default)
+        if shown not in (None, "", argparse.SUPPRESS) and not action.required:
+            notes.append(f"default: {shown}")
+        elif shown == "" and not action.required and env:
+            notes.append("default: empty")
+        return f"{text} [{'; '.join(notes)}]" if notes else text
+
+
+class CliParser(argparse.ArgumentParser):
+    """An ArgumentParser whose flags cannot be abbreviated (a shortened flag is an error, not a
+    guess) and whose errors come from the (sub-)command they concern: its usage line, then the
+    error with the closest sub-command or flag."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:  # here, not at the top: the usage shown is this sub-command's
+            self.error(self._unrecognized(extras))
+        return namespace, extras
+
+    def error(self, message: str):
+        # A missing required flag is often a misspelt one: name the unknown flags too.
+        unknown = [x for x in getattr(self, "_given", ()) if x.startswith("--")
+                   and x.split("=", 1)[0] not in self._option_string_actions]
+        if unknown and "unrecognized arguments" not in message:
+            message = f"{self._unrecognized(unknown)}; {message}"
+        super().error(message)
+
+    def _unrecognized(self, extras: list[str]) -> str:
+        flags = [s for s in self._option_string_actions if s.startswith("--")]
+        hints = [did_you_mean(x.split("=", 1)[0], flags) for x in extras if x.startswith("--")]
+        return f"unrecognized arguments: {' '.join(extras)}" + next((h for h in hints if h), "")
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            names = [str(c) for c in action.choices]
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from {', '.join(names)})"
+                                                 + did_you_mean(str(value), names))
+
+
+def env_option(parser, *flags: str, env: str, default=None, shown_default=None, **kwargs) -> argparse.Action:
+    """A flag whose default the environment variable `env` overrides; its help (HelpFormatter)
+    names both. A value from the environment goes through the flag's `type` like a typed one."""
+    value = os.environ.get(env)
+    action = parser.add_argument(*flags, default=value if value not in (None, "") else default, **kwargs)
+    action.env_var = env
+    action.shown_default = default if shown_default is None else shown_default
+    return action
+
+
+def version_text() -> str:
+    from importlib import metadata
+    versions = []
+    for dist in ("iotda-export", "iotda-export-client"):
         try:
-            port = await server.start()
-        except (OSError, RuntimeError, ValueError) as e:  # a port in use, another server on the data directory,
-            # a schema to migrate first
-            print(f"error: cannot start: {e}", file=sys.stderr, flush=True)
-            await server.stop(0)
-            return 1
-        host = args.grpc_addr.rsplit(":", 1)[0]
-        print(f"iotda-export listening on {host}:{port} (gRPC)", flush=True)
-        if server.http_port is not None:
-            http_host = args.http_addr.rsplit(":", 1)[0]
-            print(f"iotda-export listening on http://{http_host}:{server.http_port} (HTTP/JSON gateway)", flush=True)
-            print(f"web console on http://{http_host}:{server.http_port}/console/ (also /openapi.json, /healthz,"
-                  " /readyz)", flush=True)
-        if server.bootstrap_credentials:
-            creds = os.path.join(args.data_dir, CREDENTIALS_FILE)
-            print(f"created administrator '{server.bootstrap_credentials['user']}' in project "
-                  f"{server.bootstrap_credentials['project_id']}; credentials (token, ak, sk) in {creds} (mode 0600)."
-                  f" Use them with: iotda-export --credentials {creds} export list", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        print("iotda-export stopping", flush=True)
-        await server.stop()
-        return 0
-
-    return asyncio.run(main())
-
-
-def _configure_logs(process: str, args: argparse.Namespace) -> None:
-    from iotda_export_server import logs
-
-    # Through the environment, so that the worker processes started next log the same way.
-    os.environ["IOTDA_EXPORT_LOG_FORMAT"] = args.log_format
-    os.environ["IOTDA_EXPORT_LOG_LEVEL"] = args.log_level
-    try:
-        logs.configure(process)
-    except ValueError as e:  # a bad value from the environment (flags are checked by argparse)
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _log_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-format", choices=("text", "json"),
-                   default=os.environ.get("IOTDA_EXPORT_LOG_FORMAT", "text").lower(),
-                   help="text: readable lines; json: one JSON object per line (time, level, logger,"
-                        " message, request_id, user, process, and fields such as rpc, code, duration_ms)")
-    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
-                   default=os.environ.get("IOTDA_EXPORT_LOG_LEVEL", "INFO").upper(),
-                   help="lines below this level are dropped (each RPC is one INFO line)")
-
-
-def _worker(args: argparse.Namespace) -> int:
-    from iotda_export_server.app import ServerConfig, run_workers
-
-    _configure_logs("workers", args)
-    config = ServerConfig(data_dir=args.data_dir, database=args.database, files_dir=args.files_dir,
-                          workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
-                          lease_seconds=args.lease_seconds, metrics_addr=args.metrics_addr)
-    try:
-        return asyncio.run(run_workers(config))
-    except (ValueError, RuntimeError, OSError) as e:
-        print(f"error: cannot start: {e}", file=sys.stderr)
-        return 1
-
-
-def _migrate(args: argparse.Namespace) -> int:
-    from iotda_export_server.app import prepare_data_dir
-    from iotda_export_server.store import is_postgres, open_store
-    data_dir = args.data_dir if is_postgres(args.database) else prepare_data_dir(args.data_dir)
-    try:
-        store = open_store(data_dir, args.database, migrate=True)
-    except Exception as e:  # noqa: BLE001 - unreachable database, newer schema
-        print(f"error: migration failed: {e}", file=sys.stderr)
-        return 1
-    print(f"schema at version {store.schema_version()}")
-    return 0
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(versions) or "iotda-export (not installed)"
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -121,18 +130,18 @@ class UsageError(Exception):
     """Bad input noticed by the CLI itself (exit 2)."""
 
 
-def _dict(msg) -> dict:
+def message_dict(msg) -> dict:
     """The platform's JSON shape: snake_case names, zero values present (export_count 0 is a number)."""
     from google.protobuf import json_format
     return json_format.MessageToDict(msg, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
 
 
-def _print_json(value) -> None:
+def print_json(value) -> None:
     print(json.dumps(value, ensure_ascii=False), flush=True)
 
 
-def _print_block(d: dict) -> None:
+def print_block(d: dict) -> None:
     """key  value lines of a flat-ish dict (nested dicts as key.sub)."""
     flat: list[tuple[str, str]] = []
 
@@ -152,40 +161,62 @@ def _print_block(d: dict) -> None:
         print(f"{k.ljust(width)}  {v}")
 
 
-def _print_table(headers: list[str], rows: list[list]) -> None:
+def print_table(headers: list[str], rows: list[list]) -> None:
     cells = [headers] + [["-" if c in ("", None) else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-def _err(text: str) -> None:
+def err(text: str) -> None:
     print(f"error: {text}", file=sys.stderr, flush=True)
 
 
-def _report_api_error(e) -> int:
-    from iotda_export_client import ServerUnreachable
+def unreachable_hint(address: str, message: str) -> str:
+    """What to do when no gRPC server answers at `address`: the command that starts what is missing."""
+    if "parsing HTTP/2" in message or "SETTINGS frame" in message or "http1" in message.lower():
+        # Something answered, but not in HTTP/2: most likely the gateway's port given for the gRPC one.
+        return (f"something at {address} answers, but not gRPC: is that the HTTP/JSON gateway's port"
+                " (serve --http-addr)? The calling commands need the gRPC port (serve --grpc-addr)")
+    return (f"is the server running? Start it with: iotda-export serve --grpc-addr {address}"
+            " (add --http-addr HOST:PORT for the HTTP/JSON gateway, the web console and /metrics)")
+
+
+def report_api_error(e) -> int:
+    from .client import ServerUnreachable, TlsError
     import grpc
-    if isinstance(e, ServerUnreachable):
-        _err(f"cannot reach the server at {e.address} ({e.code_name}: {e.message}); is it running?"
-             " Start one with: iotda-export serve")
+    if isinstance(e, TlsError):  # what to fix, in one line
+        err(e.summary())
         return 1
-    _err(e.summary())
+    if isinstance(e, ServerUnreachable):
+        err(f"{e.summary()}; {unreachable_hint(e.address, e.message)}")
+        return 1
+    err(e.summary())
     for field, description in e.field_violations:
         print(f"  {field}: {description}", file=sys.stderr)
     if e.retry_after is not None:
         at = dt.datetime.now() + dt.timedelta(seconds=e.retry_after)
         print(f"  retry after {e.retry_after:.1f} s (at {at:%H:%M:%S})", file=sys.stderr)
+    if e.request_id:
+        print(f"  request id {e.request_id}", file=sys.stderr)
     return 2 if e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE) else 1
 
 
 # -- connection ----------------------------------------------------------------------------------
 
-def _connection_flags(parser: argparse.ArgumentParser) -> None:
+def _address(text: str) -> str:
+    try:
+        return check_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def connection_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every calling command takes, before or after the sub-command."""
     g = parser.add_argument_group("connection (flags > environment > ./data/credentials.json)")
-    g.add_argument("--address", dest="conn_address", metavar="HOST:PORT",
-                   help="server address (env IOTDA_EXPORT_ADDRESS; default 127.0.0.1:50051)")
+    g.add_argument("--address", dest="conn_address", metavar="HOST:PORT", type=_address,
+                   help=f"server address; https://HOST:PORT for TLS (env IOTDA_EXPORT_ADDRESS; default"
+                        f" {DEFAULT_ADDRESS})")
     g.add_argument("--token", dest="conn_token", metavar="TOKEN", help="bearer token (env IOTDA_EXPORT_TOKEN)")
     g.add_argument("--project", dest="conn_project", metavar="PROJECT_ID",
                    help="project ID (env IOTDA_EXPORT_PROJECT)")
@@ -195,45 +226,29 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
                    help="credentials JSON file (user, project_id, token) (env IOTDA_EXPORT_CREDENTIALS)")
     g.add_argument("--timeout", dest="conn_timeout", type=float, metavar="SECONDS",
                    help="deadline of each unary call (default 30)")
+    g.add_argument("--tls-ca", dest="conn_tls_ca", metavar="FILE",
+                   help="PEM of the CA that signed the server's certificate; turns TLS on (env IOTDA_EXPORT_TLS_CA;"
+                        " an https:// address uses TLS with the system's CAs without it)")
+    g.add_argument("--tls-cert", dest="conn_tls_cert", metavar="FILE",
+                   help="PEM client certificate for mutual TLS; with a principal bound to it, no token is needed"
+                        " (env IOTDA_EXPORT_CLIENT_CERT)")
+    g.add_argument("--tls-key", dest="conn_tls_key", metavar="FILE",
+                   help="PEM key of --tls-cert (env IOTDA_EXPORT_CLIENT_KEY)")
 
 
 def _client(args):
-    from iotda_export_client import ExportClient, load_credentials
+    from .client import ExportClient, load_credentials
     creds = load_credentials(address=getattr(args, "conn_address", None), token=getattr(args, "conn_token", None),
                              project_id=getattr(args, "conn_project", None),
                              instance_id=getattr(args, "conn_instance_id", None),
-                             credentials_file=getattr(args, "conn_credentials", None))
+                             credentials_file=getattr(args, "conn_credentials", None),
+                             tls_ca=getattr(args, "conn_tls_ca", None), tls_cert=getattr(args, "conn_tls_cert", None),
+                             tls_key=getattr(args, "conn_tls_key", None))
     timeout = getattr(args, "conn_timeout", None)
     return ExportClient.from_credentials(creds, **({"timeout": timeout} if timeout else {}))
 
 
-# -- principal and seed (local administration of a data directory) -------------------------------
-
-def _data_dir(args, create: bool) -> str:
-    path = args.data_dir
-    if not create and not os.path.isdir(path):
-        raise UsageError(f"no data directory at {path} (start the server once, or pass --data-dir)")
-    return path
-
-
-def _admin_store(args, create: bool):
-    """The state the server uses: SQLite in --data-dir, or the PostgreSQL of --database."""
-    from iotda_export_server.app import prepare_data_dir
-    from iotda_export_server.store import is_postgres, open_store
-    if is_postgres(args.database):
-        return open_store(args.data_dir, args.database, migrate=False)
-    return open_store(prepare_data_dir(_data_dir(args, create=create)), args.database)
-
-
-def _state_flags(p: argparse.ArgumentParser, default_data_dir: str) -> None:
-    p.add_argument("--data-dir", default=default_data_dir,
-                   help="the server's directory: SQLite database, credentials.json, result files")
-    p.add_argument("--database", default=os.environ.get("IOTDA_EXPORT_DATABASE") or None,
-                   help="postgresql://... to share state between replicas (env IOTDA_EXPORT_DATABASE);"
-                        " default: SQLite in --data-dir")
-
-
-def _split(value: str | None) -> list[str] | None:
+def split_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
     items = [x.strip() for x in value.split(",") if x.strip()]
@@ -242,101 +257,65 @@ def _split(value: str | None) -> list[str] | None:
     return items
 
 
-def _principal_add(args) -> int:
-    from iotda_export_server.app import add_principal
-    from iotda_export_server.domain import auth
-    store = _admin_store(args, create=True)
-    try:
-        creds = add_principal(store, args.user, args.project, _split(args.actions),
-                              enterprise_project_id=args.enterprise_project or auth.DEFAULT_ENTERPRISE_PROJECT,
-                              allowed_enterprise_projects=_split(args.allowed_enterprise_projects))
-    except ValueError as e:  # already exists
-        _err(str(e))
-        return 1
-    if args.json:
-        _print_json(creds)
-    else:
-        _print_block(creds)
-        print("keep the token and sk secret: they are not shown again", file=sys.stderr)
-    return 0
-
-
-def _principal_list(args) -> int:
-    store = _admin_store(args, create=False)
-    principals = store.reader().list_principals()
-    docs = [{"user": p.user, "principal_id": p.principal_id, "project_id": p.project_id, "enterprise_project_id": p.enterprise_project_id,
-             "ak": p.ak, "statements": [s.to_json() for s in p.statements],
-             "created_at": dt.datetime.fromtimestamp(p.created_at / 1000, dt.timezone.utc)
-             .strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"} for p in principals]
-    if args.json:
-        _print_json(docs)
-        return 0
-
-    def actions(d):
-        out = []
-        for s in d["statements"]:
-            text = ("" if s["Effect"] == "Allow" else "Deny ") + ",".join(s["Action"])
-            eps = s.get("Condition", {}).get("StringEquals", {}).get("g:EnterpriseProjectId")
-            out.append(text + (f" (enterprise projects {','.join(eps)})" if eps is not None else ""))
-        return "; ".join(out)
-    _print_table(["USER", "PROJECT_ID", "ENTERPRISE_PROJECT", "AK", "ACTIONS", "CREATED"],
-                 [[d["user"], d["project_id"], d["enterprise_project_id"], d["ak"], actions(d), d["created_at"]]
-                  for d in docs])
-    return 0
-
-
-def _principal_remove(args) -> int:
-    from iotda_export_server.domain.auth import remove_principal
-    from iotda_export_server.store.files import ResultFiles
-    store = _admin_store(args, create=False)
-    files_dir = args.files_dir or os.path.join(args.data_dir, "files")
-    # The files directory the server uses; if it is not reachable from here, the server's next start
-    # removes the files of the deleted tasks (its sweep), so nothing is left for good.
-    files = ResultFiles(files_dir) if os.path.isdir(files_dir) else _NoFiles()
-    if not remove_principal(store, files, args.user):
-        _err(f"no principal {args.user!r}")
-        return 1
-    print(f"removed principal {args.user}; its token and AK/SK no longer work, its export tasks and their"
-          " files are deleted", file=sys.stderr)
-    if isinstance(files, _NoFiles):
-        print(f"no files directory at {files_dir}: the server's next start removes the deleted tasks' files"
-              " (or pass --files-dir)", file=sys.stderr)
-    return 0
-
-
-class _NoFiles:
-    def remove(self, _export_task_id: str) -> None:
-        pass
-
-
-def _seed(args) -> int:
-    from iotda_export_server.app import seed
-    if args.subtasks < 0:
-        raise UsageError("--subtasks must not be negative")
-    try:
-        task_id = seed(args.data_dir, args.subtasks, project_id=args.project, instance_id=args.instance_id or "",
-                       app_id=args.app_id, database=args.database)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if args.json:
-        _print_json({"task_id": task_id})
-    else:
-        print(task_id)
-        print(f"loaded batch task {task_id} with {args.subtasks} sub-tasks; export it with:"
-              f" iotda-export export create --task-id {task_id} --watch", file=sys.stderr)
-    return 0
-
-
 # -- export tasks --------------------------------------------------------------------------------
 
-def _follow(client, export_task_id: str, as_json: bool):
-    """Streams progress to the end: JSON lines on stdout, or a live bar on stderr. Reconnects when
-    the stream breaks (e.g. the server restarts). Returns the final ExportTask."""
-    from tqdm import tqdm
+class ProgressBar:
+    """The live bar of `--watch` on stderr: percent, rows, rows/s and an ETA. A re-run (the task's
+    create time changes, or its progress goes back: re-created, or taken over after a crash) starts
+    the rates afresh and says so; `reconnecting…` shows while the stream is down."""
 
-    from iotda_export_client import ExportApiError
+    FORMAT = "{desc} {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]"
+
+    def __init__(self, export_task_id: str, file=None, clock: Callable[[], float] = time.monotonic):
+        from tqdm import tqdm
+        self._tqdm = tqdm
+        self.file = file or sys.stderr
+        self.clock = clock
+        self.export_task_id = export_task_id
+        self.bar = None
+        self.run_key = None
+        self.runs = 0
+        self.rate_base: tuple[float, int] | None = None  # (time, rows) where this run's rate starts
+
+    def show(self, task) -> None:
+        restarted = self.bar is not None and (task.create_time != self.run_key or task.progress < self.bar.n)
+        if self.bar is None or restarted:
+            if self.bar is not None:
+                self.bar.close()
+            self.runs += 1
+            desc = f"export {self.export_task_id}" + (f" (re-run {self.runs - 1})" if self.runs > 1 else "")
+            if restarted:
+                print(f"export {self.export_task_id} re-run: progress starts again", file=self.file)
+            self.bar = self._tqdm(total=100, file=self.file, desc=desc, unit="%", bar_format=self.FORMAT,
+                                  smoothing=0.3)
+            self.rate_base = None
+        self.run_key = task.create_time
+        now = self.clock()
+        if self.rate_base is None:
+            self.rate_base = (now, task.export_count)
+        t0, rows0 = self.rate_base
+        rate = (task.export_count - rows0) / (now - t0) if now - t0 > 0.5 else None
+        self.bar.update(max(task.progress - self.bar.n, 0))  # through update(): tqdm's ETA follows the rate
+        rate_text = f", {rate:,.0f} rows/s" if rate else ""
+        self.bar.set_postfix_str(f"{task.status}, {task.export_count:,} rows{rate_text}", refresh=True)
+
+    def reconnecting(self, attempt: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"reconnecting… (attempt {attempt} of {WATCH_RECONNECTS})", refresh=True)
+        else:
+            print(f"reconnecting… (attempt {attempt} of {WATCH_RECONNECTS})", file=self.file)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def follow(client, export_task_id: str, as_json: bool):
+    """Streams progress to the end: JSON lines on stdout, or a live bar on stderr. Watches again
+    when the stream breaks (e.g. the server restarts). Returns the final ExportTask."""
+    from .client import ExportApiError
     import grpc
-    bar = None
+    bar = None if as_json else ProgressBar(export_task_id)
     final = None
     failures = 0
     last_sequence = 0
@@ -348,22 +327,19 @@ def _follow(client, export_task_id: str, as_json: bool):
                     if final is not None and event.sequence <= last_sequence and not event.heartbeat:
                         continue  # the snapshot after a reconnect repeats what was shown
                     last_sequence = event.sequence
-                    task = final = event.export_task
+                    final = event.export_task
                     if as_json:
-                        _print_json(_dict(event))
-                        continue
-                    if bar is None:
-                        bar = tqdm(total=100, file=sys.stderr, desc=f"export {export_task_id}", unit="%",
-                                   bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}{postfix}]")
-                    bar.n = task.progress
-                    bar.set_postfix_str(f"{task.status}, {task.export_count} rows", refresh=False)
-                    bar.refresh()
+                        print_json(message_dict(event))
+                    else:
+                        bar.show(final)
                 return final
             except ExportApiError as e:
                 # UNAVAILABLE: the server is restarting ("watch again to resume") or briefly gone.
-                if final is None or e.code != grpc.StatusCode.UNAVAILABLE or failures >= 5:
+                if final is None or e.code != grpc.StatusCode.UNAVAILABLE or failures >= WATCH_RECONNECTS:
                     raise
                 failures += 1
+                if bar is not None:
+                    bar.reconnecting(failures)
                 time.sleep(min(0.25 * 2 ** failures, 5.0))  # back off before watching again
     finally:
         if bar is not None:
@@ -372,10 +348,10 @@ def _follow(client, export_task_id: str, as_json: bool):
 
 def _finish(final, as_json: bool) -> int:
     if final is not None and final.status == "Failed":
-        _err(f"export task {final.export_task_id} Failed: {final.status_desc or 'no reason given'}")
+        err(f"export task {final.export_task_id} Failed: {final.status_desc or 'no reason given'}")
         return 1
     if not as_json and final is not None:
-        _print_block(_dict(final))
+        print_block(message_dict(final))
         if final.status == "Success":
             print(f"download it with: iotda-export export download {final.export_task_id}", file=sys.stderr)
     return 0
@@ -386,19 +362,16 @@ def _export_create(args) -> int:
         task = client.create_export(args.task_id, app_type=args.app_type, app_id=args.app_id,
                                     request_id=args.request_id)
         if not args.watch:
-            if args.json:
-                _print_json(_dict(task))
-            else:
-                _print_block(_dict(task))
+            print_json(message_dict(task)) if args.json else print_block(message_dict(task))
             return 0
         if not args.json:
             print(f"export task {task.export_task_id} created ({task.status})", file=sys.stderr)
-        return _finish(_follow(client, task.export_task_id, args.json), args.json)
+        return _finish(follow(client, task.export_task_id, args.json), args.json)
 
 
 def _export_watch(args) -> int:
     with _client(args) as client:
-        return _finish(_follow(client, args.export_task_id, args.json), args.json)
+        return _finish(follow(client, args.export_task_id, args.json), args.json)
 
 
 def _export_list(args) -> int:
@@ -407,12 +380,12 @@ def _export_list(args) -> int:
     with _client(args) as client:
         page = client.list_exports(limit=args.limit, offset=args.offset, marker=args.marker, **filters)
     if args.json:
-        _print_json(_dict(page))
+        print_json(message_dict(page))
         return 0
-    _print_table(["EXPORT_TASK_ID", "STATUS", "PROGRESS", "ROWS", "CREATE_TIME", "BATCH_TASK_ID", "SCOPE"],
-                 [[t.export_task_id, t.status, f"{t.progress}%", t.export_count, t.create_time,
-                   t.resource_condition.task_id, t.app_type + (f":{t.app_id}" if t.HasField("app_id") else "")]
-                  for t in page.export_tasks])
+    print_table(["EXPORT_TASK_ID", "STATUS", "PROGRESS", "ROWS", "CREATE_TIME", "BATCH_TASK_ID", "SCOPE"],
+                [[t.export_task_id, t.status, f"{t.progress}%", t.export_count, t.create_time,
+                  t.resource_condition.task_id, t.app_type + (f":{t.app_id}" if t.HasField("app_id") else "")]
+                 for t in page.export_tasks])
     print(f"{page.page.count} export task(s) in all" +
           (f"; next page: --marker {page.page.marker}" if len(page.export_tasks) and
            page.page.count > len(page.export_tasks) else ""), file=sys.stderr)
@@ -422,14 +395,14 @@ def _export_list(args) -> int:
 def _export_get(args) -> int:
     with _client(args) as client:
         task = client.get_export(args.export_task_id)
-    _print_json(_dict(task)) if args.json else _print_block(_dict(task))
+    print_json(message_dict(task)) if args.json else print_block(message_dict(task))
     return 0
 
 
 def _export_cancel(args) -> int:
     with _client(args) as client:
         task = client.cancel_export(args.export_task_id)
-    _print_json(_dict(task)) if args.json else _print_block(_dict(task))
+    print_json(message_dict(task)) if args.json else print_block(message_dict(task))
     return 0
 
 
@@ -437,14 +410,14 @@ def _export_delete(args) -> int:
     with _client(args) as client:
         client.delete_export(args.export_task_id)
     if args.json:
-        _print_json({})
+        print_json({})
     else:
         print(f"deleted export task {args.export_task_id}", file=sys.stderr)
     return 0
 
 
 def _export_download(args) -> int:
-    from iotda_export_client import ExportClient
+    from .client import ExportClient
     dest = args.output or f"export-{args.export_task_id}.zip"
     if os.path.isdir(dest):
         dest = os.path.join(dest, f"export-{args.export_task_id}.zip")
@@ -481,18 +454,18 @@ def _export_download(args) -> int:
 # -- batch tasks ---------------------------------------------------------------------------------
 
 def _batch_create(args) -> int:
-    targets = _split(args.targets) or []
+    targets = split_list(args.targets) or []
     if args.targets_file:
         with open(args.targets_file, encoding="utf-8") as f:
             targets += [line.strip() for line in f if line.strip()]
     with _client(args) as client:
         task = client.create_batch_task(args.name, args.type, targets, app_id=args.app_id)
     if args.json:
-        _print_json(_dict(task))
+        print_json(message_dict(task))
     else:
-        d = _dict(task)
+        d = message_dict(task)
         d["targets"] = f"{len(task.targets)} target(s)"
-        _print_block(d)
+        print_block(d)
     return 0
 
 
@@ -501,16 +474,16 @@ def _batch_show(args) -> int:
         r = client.show_batch_task(args.task_id, task_detail_status=args.status, target=args.target,
                                    limit=args.limit, offset=args.offset, marker=args.marker)
     if args.json:
-        _print_json(_dict(r))
+        print_json(message_dict(r))
         return 0
-    d = _dict(r.batchtask)
+    d = message_dict(r.batchtask)
     d["targets"] = f"{len(r.batchtask.targets)} target(s)"
-    _print_block(d)
+    print_block(d)
     print()
-    _print_table(["TARGET", "STATUS", "OUTPUT", "ERROR_CODE", "ERROR_MSG"],
-                 [[s.target, s.status, s.output, s.error.error_code, s.error.error_msg] for s in r.task_details])
+    print_table(["TARGET", "STATUS", "OUTPUT", "ERROR_CODE", "ERROR_MSG"],
+                [[s.target, s.status, s.output, s.error.error_code, s.error.error_msg] for s in r.task_details])
     print(f"{r.page.count} sub-task(s) match" + (f"; next page: --marker {r.page.marker}"
-                                                 if r.page.count > len(r.task_details) else ""), file=sys.stderr)
+                                                if r.page.count > len(r.task_details) else ""), file=sys.stderr)
     return 0
 
 
@@ -519,11 +492,11 @@ def _batch_list(args) -> int:
         r = client.list_batch_tasks(args.type, app_id=args.app_id, status=args.status, limit=args.limit,
                                     offset=args.offset, marker=args.marker)
     if args.json:
-        _print_json(_dict(r))
+        print_json(message_dict(r))
         return 0
-    _print_table(["TASK_ID", "NAME", "TYPE", "STATUS", "TOTAL", "SUCCESS", "FAIL", "CREATE_TIME"],
-                 [[t.task_id, t.task_name, t.task_type, t.status, t.task_progress.total, t.task_progress.success,
-                   t.task_progress.fail, t.create_time] for t in r.batchtasks])
+    print_table(["TASK_ID", "NAME", "TYPE", "STATUS", "TOTAL", "SUCCESS", "FAIL", "CREATE_TIME"],
+                [[t.task_id, t.task_name, t.task_type, t.status, t.task_progress.total, t.task_progress.success,
+                  t.task_progress.fail, t.create_time] for t in r.batchtasks])
     print(f"{r.page.count} batch task(s) in all", file=sys.stderr)
     return 0
 
@@ -532,9 +505,18 @@ def _batch_delete(args) -> int:
     with _client(args) as client:
         client.delete_batch_task(args.task_id)
     if args.json:
-        _print_json({})
+        print_json({})
     else:
         print(f"deleted batch task {args.task_id}", file=sys.stderr)
+    return 0
+
+
+# -- completion ----------------------------------------------------------------------------------
+
+def _completion(args) -> int:
+    import shtab
+    # The parser the user runs (with the server's commands when installed with the server).
+    print(shtab.complete(args.root_parser, shell=args.shell))
     return 0
 
 
@@ -546,123 +528,34 @@ def _paging(p: argparse.ArgumentParser) -> None:
     p.add_argument("--marker", default="", help="only records older than this ID (the previous page's marker)")
 
 
-def _json_flag(p: argparse.ArgumentParser) -> None:
+def json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the platform's JSON (snake_case)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
+def new_parser(description: str, prog: str = PROG) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The top-level parser (connection flags, --version) and its sub-command slot."""
+    parser = CliParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=version_text())
+    connection_flags(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return parser, sub
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from iotda_export_server.domain import rules  # the defaults of the server's caps
-
-    parser = argparse.ArgumentParser(prog="iotda-export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=argparse.SUPPRESS)
-    _connection_flags(parser)
-    # The same flags after the sub-command; SUPPRESS keeps a later level from erasing an earlier one.
-    conn = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    _connection_flags(conn)
-
-    sub = parser.add_subparsers(dest="command", required=True)
-    default_data_dir = os.environ.get("IOTDA_EXPORT_DATA_DIR", "./data")
-    serve = sub.add_parser("serve", help="run the service (gRPC, and HTTP with --http-addr): on the embedded"
-                                         " default SQLite and local files, or on --database")
-    serve.add_argument("--grpc-addr", default=os.environ.get("IOTDA_EXPORT_GRPC_ADDR", "127.0.0.1:50051"),
-                       help="HOST:PORT; port 0 picks a free port (printed)")
-    serve.add_argument("--workers", type=int, default=None, help="export worker processes (default: cores)")
-    serve.add_argument("--http-addr", default=os.environ.get("IOTDA_EXPORT_HTTP_ADDR", ""),
-                       help="HOST:PORT of the HTTP/JSON gateway for REST clients such as the official SDK;"
-                            " port 0 picks a free port (printed); empty: no gateway")
-    _state_flags(serve, default_data_dir)
-    serve.add_argument("--files-dir", default=os.environ.get("IOTDA_EXPORT_FILES_DIR") or None,
-                       help="result files (default <data-dir>/files); with several replicas, a directory they share")
-    serve.add_argument("--lease-seconds", type=float, default=float(os.environ.get("IOTDA_EXPORT_LEASE_SECONDS", "30")),
-                       help="a running export whose worker stops renewing its lease this long is taken over")
-    serve.add_argument("--max-watch-streams-per-user", type=_positive_int, metavar="N",
-                       default=rules.MAX_WATCH_STREAMS_PER_USER,
-                       help="WatchProgress streams one user may hold open at once on this process (each replica"
-                            " counts its own); one more is refused with RESOURCE_EXHAUSTED IOTDA.018006")
-    serve.add_argument("--max-downloads-per-user", type=_positive_int, metavar="N",
-                       default=rules.MAX_DOWNLOADS_PER_USER,
-                       help="downloads (ShowExportTask streams) one user may have running at once on this"
-                            " process; one more is refused with RESOURCE_EXHAUSTED IOTDA.018007")
-    _log_flags(serve)
-    serve.set_defaults(func=_serve)
-
-    p = sub.add_parser("worker", help="run export workers only (no RPC port), against --database: scale"
-                                      " exports apart from API replicas (`serve --workers 0`)")
-    _state_flags(p, default_data_dir)
-    p.add_argument("--workers", type=int, default=None, help="export worker processes (default: cores)")
-    p.add_argument("--files-dir", default=os.environ.get("IOTDA_EXPORT_FILES_DIR") or None,
-                   help="result files, shared with the API replicas (default <data-dir>/files)")
-    p.add_argument("--lease-seconds", type=float, default=float(os.environ.get("IOTDA_EXPORT_LEASE_SECONDS", "30")),
-                   help="a running export whose worker stops renewing its lease this long is taken over;"
-                        " use the same value on every process")
-    p.add_argument("--metrics-addr", default=os.environ.get("IOTDA_EXPORT_METRICS_ADDR") or None,
-                   help="HOST:PORT to serve /metrics (Prometheus) for these workers' runs; port 0 picks one"
-                        " (printed); needs a --data-dir of its own")
-    _log_flags(p)
-    p.set_defaults(func=_worker)
-
-    p = sub.add_parser("migrate", help="create or upgrade the database schema (PostgreSQL: run once before"
-                                       " starting replicas; SQLite migrates itself on start)")
-    _state_flags(p, default_data_dir)
-    p.set_defaults(func=_migrate)
-
-    principal = sub.add_parser("principal", help="add, list or remove principals (users) of a data directory;"
-                                                 " works while a server runs on it")
-    psub = principal.add_subparsers(dest="principal_command", required=True)
-    p = psub.add_parser("add", help="create a principal in its project; prints its credentials once")
-    _state_flags(p, default_data_dir)
-    p.add_argument("--user", required=True, help="1-64 of [A-Za-z0-9_.@-]")
-    p.add_argument("--project", required=True, help="project ID, 1-64 of [A-Za-z0-9_-]")
-    p.add_argument("--actions", default=None,
-                   help="comma-separated allowed actions, e.g. iotda:exporttasks:create,iotda:exporttasks:query"
-                        " (default: iotda:exporttasks:*,iotda:batchtasks:*)")
-    p.add_argument("--enterprise-project", default=None, help="the principal's enterprise project (default 0)")
-    p.add_argument("--allowed-enterprise-projects", default=None, metavar="EP,...",
-                   help="condition g:EnterpriseProjectId: allow the actions only in these enterprise projects")
-    _json_flag(p)
-    p.set_defaults(func=_principal_add)
-    p = psub.add_parser("list", help="list principals (never tokens or secret keys)")
-    _state_flags(p, default_data_dir)
-    _json_flag(p)
-    p.set_defaults(func=_principal_list)
-    p = psub.add_parser("remove", help="remove a principal: its credentials stop working at once; its export"
-                                       " tasks and their files are deleted")
-    _state_flags(p, default_data_dir)
-    p.add_argument("--files-dir", default=os.environ.get("IOTDA_EXPORT_FILES_DIR") or None,
-                   help="the server's result files (env IOTDA_EXPORT_FILES_DIR; default <data-dir>/files)")
-    p.add_argument("--user", required=True)
-    p.set_defaults(func=_principal_remove)
-
-    p = sub.add_parser("seed", help="load a demo batch task with N sub-tasks of mixed outcomes (works while a"
-                                    " server runs on the data directory)")
-    _state_flags(p, default_data_dir)
-    p.add_argument("--subtasks", type=int, required=True, metavar="N", help="any N, also above 65,535")
-    p.add_argument("--project", default=None, help="project ID (default: the one of <data-dir>/credentials.json)")
-    p.add_argument("--instance-id", default="", help="instance (default: the default instance)")
-    p.add_argument("--app-id", default=None, help="resource space (default: default)")
-    _json_flag(p)
-    p.set_defaults(func=_seed)
+def add_client_commands(sub: argparse._SubParsersAction, parser: argparse.ArgumentParser) -> None:
+    """export, batch and completion, added to the sub-command slot of `parser`."""
+    # The connection flags again after the sub-command; SUPPRESS keeps a later level from erasing an earlier one.
+    conn = CliParser(add_help=False, argument_default=argparse.SUPPRESS)
+    connection_flags(conn)
 
     export = sub.add_parser("export", help="export tasks: create, list, get, watch, download, delete, cancel")
-    esub = export.add_subparsers(dest="export_command", required=True)
+    esub = export.add_subparsers(dest="export_command", required=True, metavar="COMMAND")
     p = esub.add_parser("create", parents=[conn], help="export a batch task's sub-task results (xls in a zip)")
     p.add_argument("--task-id", required=True, help="the batch task to export")
     p.add_argument("--app-type", default="", help="GLOBAL (default) or APP")
     p.add_argument("--app-id", default="", help="resource space, with --app-type APP")
     p.add_argument("--request-id", default="", help="idempotency key: a retry returns the first call's task")
     p.add_argument("--watch", action="store_true", help="follow the progress to the end")
-    _json_flag(p)
+    json_flag(p)
     p.set_defaults(func=_export_create)
     p = esub.add_parser("list", parents=[conn], help="list your export tasks, newest first")
     _paging(p)
@@ -670,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app-type", default="")
     p.add_argument("--app-id", default="")
     p.add_argument("--resource-type", default="")
-    _json_flag(p)
+    json_flag(p)
     p.set_defaults(func=_export_list)
     for name, fn, help_text in (("get", _export_get, "show one export task"),
                                 ("watch", _export_watch, "follow an export's progress to Success or Failed"),
@@ -678,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("cancel", _export_cancel, "stop an unfinished export (it becomes Failed)")):
         p = esub.add_parser(name, parents=[conn], help=help_text)
         p.add_argument("export_task_id", metavar="ID")
-        _json_flag(p)
+        json_flag(p)
         p.set_defaults(func=fn)
     p = esub.add_parser("download", parents=[conn], help="download the result (.zip holding the .xls);"
                                                          " one download per 30 s per user")
@@ -688,74 +581,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export_download)
 
     batch = sub.add_parser("batch", help="batch tasks: create, show, list, delete")
-    bsub = batch.add_subparsers(dest="batch_command", required=True)
+    bsub = batch.add_subparsers(dest="batch_command", required=True, metavar="COMMAND")
     p = bsub.add_parser("create", parents=[conn], help="create a batch task")
     p.add_argument("--name", required=True, help="task name")
     p.add_argument("--type", required=True, help="task type, e.g. firmwareUpgrade, createCommands")
     p.add_argument("--targets", default=None, help="comma-separated device IDs")
     p.add_argument("--targets-file", default=None, help="file with one device ID per line")
     p.add_argument("--app-id", default="")
-    _json_flag(p)
+    json_flag(p)
     p.set_defaults(func=_batch_create)
     p = bsub.add_parser("show", parents=[conn], help="show a batch task and a page of its sub-tasks")
     p.add_argument("task_id", metavar="ID")
     p.add_argument("--status", default="", help="sub-task status filter")
     p.add_argument("--target", default="", help="sub-task target filter")
     _paging(p)
-    _json_flag(p)
+    json_flag(p)
     p.set_defaults(func=_batch_show)
     p = bsub.add_parser("list", parents=[conn], help="list batch tasks of one type")
     p.add_argument("--type", required=True)
     p.add_argument("--app-id", default="")
     p.add_argument("--status", default="")
     _paging(p)
-    _json_flag(p)
+    json_flag(p)
     p.set_defaults(func=_batch_list)
     p = bsub.add_parser("delete", parents=[conn], help="delete a finished batch task")
     p.add_argument("task_id", metavar="ID")
-    _json_flag(p)
+    json_flag(p)
     p.set_defaults(func=_batch_delete)
+
+    p = sub.add_parser("completion", help="print the shell completion script: bash (source it, or put it in"
+                                          " /etc/bash_completion.d/) or zsh (a file named _iotda-export on"
+                                          " $fpath)")
+    p.add_argument("shell", choices=("bash", "zsh"), metavar="SHELL", help="bash or zsh")
+    p.set_defaults(func=_completion, root_parser=parser)
+
+
+def build_parser(prog: str = "iotda-export-client") -> argparse.ArgumentParser:
+    """The client distribution's own command: the calling commands only."""
+    parser, sub = new_parser(__doc__ + CALLING_NOTES, prog)
+    add_client_commands(sub, parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.umask(0o077)  # the database, its journal and the result files hold secrets and user data
-    args = build_parser().parse_args(argv)
-    if args.func in (_serve, _worker, _migrate):  # server-side commands report their own failures
-        return args.func(args)
-    from iotda_export_client import CredentialsError, DownloadError, ExportApiError
+def run(args: argparse.Namespace, on_other_error: Callable[[Exception], int] | None = None) -> int:
+    """Runs a parsed calling command: the client's refusals become an error line and exit code."""
+    # A failed connection is explained in one line of our own: gRPC core's log lines about it (a
+    # failed handshake) would only repeat it, less clearly. Set before gRPC is first imported.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from .client import CredentialsError, DownloadError, ExportApiError, TlsFileError
     try:
         return args.func(args)
     except ExportApiError as e:
-        return _report_api_error(e)
-    except (UsageError, CredentialsError) as e:
-        _err(str(e))
+        return report_api_error(e)
+    except (UsageError, CredentialsError, TlsFileError) as e:
+        err(str(e))
         return 2
     except DownloadError as e:
-        _err(f"download failed: {e}")
+        err(f"download failed: {e}")
         return 1
     except BrokenPipeError:  # e.g. `| head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as e:  # e.g. the output file cannot be written
-        _err(str(e))
+        err(str(e))
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # the server package's own refusals (e.g. a bad user name in principal add)
-        from iotda_export_server.domain.errors import DomainError, InvalidArgument
-        if isinstance(e, DomainError):
-            from iotda_export_server.transport.errors import grpc_code
-            _err(f"{grpc_code(e).name} {e.error_code}: {e.message}")
-            for v in getattr(e, "violations", []):
-                print(f"  {v.field}: {v.description}", file=sys.stderr)
-            return 2 if isinstance(e, InvalidArgument) else 1
-        from iotda_export_server.store import database_unavailable
-        if database_unavailable(e):  # local administration (seed, principal) on a lost PostgreSQL
-            _err(f"the database is unavailable: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-            return 1
-        raise
+    except Exception as e:
+        if on_other_error is None:
+            raise
+        return on_other_error(e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import ipaddress
 import json
 import logging
 import os
 import pathlib
 import secrets
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 
 from .domain import auth, rules
+from .domain.errors import invalid
 from .domain.batches import BatchService, seed_batch_task
 from .domain.exports import ExportJobs, ExportService
 from .domain.progress import ProgressHub
@@ -53,6 +57,43 @@ class ServerConfig:
     # Per user, in this process: WatchProgress streams and downloads open at once.
     max_watch_streams_per_user: int = rules.MAX_WATCH_STREAMS_PER_USER
     max_downloads_per_user: int = rules.MAX_DOWNLOADS_PER_USER
+    # TLS (PEM files, reloaded when they change): the pair of both ports, the HTTP port's own pair
+    # when it differs, and the CA whose client certificates both ports then require (mutual TLS).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    http_tls_cert: str | None = None
+    http_tls_key: str | None = None
+    tls_client_ca: str | None = None
+
+
+def tls_sources(config: ServerConfig):
+    """The certificate sources of the gRPC and the HTTP port (None: plaintext), checked now: a
+    missing or unusable file stops the start (TlsConfigError, a ValueError)."""
+    from .transport.tls import CertificateSource, TlsConfigError, TlsFiles
+
+    def files(cert, key, flags) -> TlsFiles | None:
+        if not cert and not key:
+            return None
+        if not (cert and key):
+            raise TlsConfigError(f"{flags} go together: give both the certificate and its key")
+        return TlsFiles(cert, key, config.tls_client_ca or None)
+    grpc_files = files(config.tls_cert, config.tls_key, "--tls-cert and --tls-key")
+    http_files = files(config.http_tls_cert, config.http_tls_key, "--http-tls-cert and --http-tls-key") or grpc_files
+    if config.tls_client_ca and grpc_files is None and http_files is None:
+        raise TlsConfigError("--tls-client-ca needs --tls-cert and --tls-key (the server's own certificate)")
+    grpc_source = CertificateSource(grpc_files) if grpc_files else None
+    http_source = grpc_source if http_files == grpc_files else CertificateSource(http_files)
+    return grpc_source, (http_source if config.http_addr is not None else None)
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 def prepare_data_dir(data_dir: str | os.PathLike) -> pathlib.Path:
@@ -74,13 +115,28 @@ def write_private_json(path: pathlib.Path, document: dict) -> None:
 
 def add_principal(store, user: str, project_id: str, actions: list[str] | None = None,
                   enterprise_project_id: str = auth.DEFAULT_ENTERPRISE_PROJECT,
-                  allowed_enterprise_projects: list[str] | None = None) -> dict:
-    """Creates a principal; returns its credentials document (the only time the token is shown)."""
+                  allowed_enterprise_projects: list[str] | None = None, client_cert_subject: str | None = None,
+                  client_cert_san: str | None = None) -> dict:
+    """Creates a principal; returns its credentials document (the only time the token is shown).
+    `client_cert_subject` / `client_cert_san` bind it to a client certificate (mutual TLS)."""
+    from .transport.tls import normalized_subject
     statements = auth.statements_for(list(actions or auth.ALL_ACTIONS), allowed_enterprise_projects)
-    principal, token = auth.new_principal(user, project_id, statements, enterprise_project_id)
+    if client_cert_subject is not None:
+        try:
+            client_cert_subject = normalized_subject(client_cert_subject)
+        except ValueError:
+            raise invalid("client_cert_subject", "must be a distinguished name in RFC 4514 form, e.g."
+                                                 " CN=svc-a,O=Example") from None
+    principal, token = auth.new_principal(user, project_id, statements, enterprise_project_id,
+                                          client_cert_subject, client_cert_san)
     with store.transaction() as tx:
         if tx.principal_by("user", user) is not None:
             raise ValueError(f"principal {user!r} already exists")
+        for column in ("client_cert_subject", "client_cert_san"):
+            value = getattr(principal, column)
+            if value is not None and tx.principal_by(column, value) is not None:
+                raise ValueError(f"another principal is already bound to the client certificate {column[12:]}"
+                                 f" {value!r}")
         tx.insert_principal(principal, auth.token_hash(token))
     return auth.credentials_document(principal, token)
 
@@ -139,6 +195,8 @@ class ExportServer:
         self.listener = None
         self.changes: ChangeListener | None = None
         self.servicers: tuple = ()
+        self.tls = (None, None)  # the gRPC and the HTTP port's CertificateSource
+        self._hop_dir: str | None = None
 
     async def start(self) -> int:
         from grpc_health.v1 import health_pb2
@@ -146,6 +204,12 @@ class ExportServer:
         from .transport.grpc_server import MAX_MESSAGE_BYTES, SERVICE_DESCRIPTORS, SERVICE_NAMES, create_server
         from .transport.servicers import BatchTaskServicer, ExportTaskServicer
 
+        self.tls = grpc_tls, http_tls = tls_sources(self.config)
+        exposed = [address for address, source in ((self.config.grpc_addr, grpc_tls), (self.config.http_addr, http_tls))
+                   if address is not None and source is None and not _is_loopback(address)]
+        if exposed:
+            log.warning("%s: not a loopback address and no TLS: tokens, signatures and exported files cross the"
+                        " network in plaintext; pass --tls-cert and --tls-key (docs/how-to/tls.md)", " and ".join(exposed))
         shared = is_postgres(self.config.database)
         if not shared:
             self.lock.acquire()  # SQLite: this process owns the data directory
@@ -203,7 +267,16 @@ class ExportServer:
                                              self.config.max_watch_streams_per_user,
                                              self.config.max_downloads_per_user),
                           BatchTaskServicer(store, authenticator, metrics, BatchService(store)))
-        self.server, self.port, self.health = create_server(self.config.grpc_addr, *self.servicers)
+        for servicer in self.servicers:  # only a client CA's verified certificates name a principal
+            servicer.client_certs = grpc_tls is not None and grpc_tls.requires_client_cert
+        hop_address = None
+        if self.config.http_addr is not None:
+            # 0700: no other user can connect. A socket's path has ~107 bytes at most: a long TMPDIR is passed over.
+            base = tempfile.gettempdir() if len(tempfile.gettempdir()) < 64 else "/tmp"
+            self._hop_dir = tempfile.mkdtemp(prefix="iotda-hop-", dir=base)
+            hop_address = f"unix:{os.path.join(self._hop_dir, 'grpc.sock')}"
+        self.server, self.port, self.health = create_server(
+            self.config.grpc_addr, *self.servicers, grpc_tls.grpc_credentials() if grpc_tls else None, hop_address)
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -211,18 +284,26 @@ class ExportServer:
             from .transport.gateway import Gateway
             from .transport.probes import Readiness
             from .transport.web import Pages
-            grpc_host = self.config.grpc_addr.rsplit(":", 1)[0]
-            if grpc_host in ("", "0.0.0.0", "[::]", "::"):
-                grpc_host = "127.0.0.1"
-            self.gateway = Gateway(f"{grpc_host}:{self.port}", [
+            # The gateway's calls go over the private socket (the vouching key never crosses a network).
+            self.gateway = Gateway(hop_address, [
                 d.services_by_name[n] for d, n in SERVICE_DESCRIPTORS], authenticator, front_end_key,
-                MAX_MESSAGE_BYTES, metrics, self.config.http_limits, Pages(Readiness(store, files_dir)))
+                MAX_MESSAGE_BYTES, metrics, self.config.http_limits, Pages(Readiness(store, files_dir)),
+                client_certs=http_tls is not None and http_tls.requires_client_cert)
             http_host, http_port = self.config.http_addr.rsplit(":", 1)
-            self.http_port = await self.gateway.start(http_host.strip("[]"), int(http_port))
+            self.http_port = await self.gateway.start(http_host.strip("[]"), int(http_port),
+                                                      http_tls.http_context() if http_tls else None)
         # Every process sweeps expired leases (an API-only replica too): exports never stay stuck.
         self._tasks = [asyncio.create_task(hub.run(), name="progress-hub"),
                        asyncio.create_task(self.supervisor.run(), name="supervisor")]
         return self.port
+
+    def check_tls_files(self) -> None:
+        """Looks at the certificate files now (SIGHUP) rather than at the next handshake: a renewed
+        pair is loaded, or a broken one reported, at once."""
+        sources = {id(source): source for source in self.tls if source is not None}
+        for source in sources.values():
+            source.current()
+        log.info("TLS files checked (%d certificate source(s))", len(sources))
 
     async def _load_tasks(self, ids: list[str]):
         return await asyncio.to_thread(lambda: self.store.reader().export_tasks_by_ids(ids))
@@ -252,6 +333,8 @@ class ExportServer:
             await asyncio.to_thread(self.listener.stop)
         if self.changes is not None:
             self.changes.close()
+        if self._hop_dir is not None:
+            shutil.rmtree(self._hop_dir, ignore_errors=True)
         self.lock.release()
 
 

@@ -3,7 +3,13 @@
 One registry per ExportServer (tests run several in one process). Names start with
 `iotda_export_`; no label carries a user, project or task id (cardinality, and privacy).
 
-- RPCs: counted by method and status code, timed by method (transport/servicers.py).
+- RPCs: counted by method and status code, timed by method (transport/servicers.py), under our
+  names and under the conventional gRPC server names of go-grpc-prometheus (grpc_server_started_total,
+  grpc_server_handled_total, grpc_server_handling_seconds; labels grpc_type unary|server_stream,
+  grpc_service, grpc_method, grpc_code in its spelling: OK, InvalidArgument, Canceled, ...), so
+  dashboards made for any gRPC server work here too.
+- The process: memory, CPU, open fds (ProcessCollector), the Python version (PlatformCollector) and
+  the garbage collector (GCCollector), on this server's own registry.
 - Refusals: quota and rate limits by reason and quota id (the same place).
 - Watchers: WatchProgress streams open in this process (read from the hub at scrape time).
 - Exports queued and running: read from the store at scrape time, so every replica reports the
@@ -16,7 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, GCCollector, Gauge, Histogram, PlatformCollector,
+                               ProcessCollector, generate_latest)
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401 - re-exported for the gateway
 from prometheus_client.core import GaugeMetricFamily
 
@@ -41,10 +48,31 @@ class _ExportQueue:
         yield family
 
 
+def grpc_code_label(code_name: str) -> str:
+    """go-grpc-prometheus's grpc_code: Go's codes.Code names (INVALID_ARGUMENT -> InvalidArgument;
+    CANCELLED -> Canceled, Go's spelling)."""
+    if code_name == "CANCELLED":
+        return "Canceled"
+    return "OK" if code_name == "OK" else "".join(w.capitalize() for w in code_name.split("_"))
+
+
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The process's own figures, on this registry (the default one is shared by every server in a
+        # process, and tests run several).
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        grpc_labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self.grpc_started = Counter("grpc_server_started", "Total number of RPCs started on the server.",
+                                    grpc_labels, registry=r)
+        self.grpc_handled = Counter("grpc_server_handled", "Total number of RPCs completed on the server,"
+                                    " regardless of success or failure.", [*grpc_labels, "grpc_code"], registry=r)
+        self.grpc_handling_seconds = Histogram("grpc_server_handling_seconds", "Histogram of response latency"
+                                               " (seconds) of gRPC that had been application-level handled by"
+                                               " the server.", grpc_labels, buckets=RPC_SECONDS_BUCKETS, registry=r)
         self.rpcs = Counter("iotda_export_rpcs", "RPCs handled, by method and gRPC status code.",
                             ["method", "code"], registry=r)
         self.rpc_seconds = Histogram("iotda_export_rpc_duration_seconds",
@@ -65,6 +93,16 @@ class Metrics:
                                                 buckets=ROWS_PER_SECOND_BUCKETS, registry=r)
         self.rows_written = Counter("iotda_export_rows_written", "Rows written by successful export runs"
                                     " (rate() of it is the rows/s being exported).", registry=r)
+
+    def rpc_started(self, grpc_type: str, service: str, method: str) -> None:
+        self.grpc_started.labels(grpc_type, service, method).inc()
+
+    def rpc_done(self, grpc_type: str, service: str, method: str, code_name: str, seconds: float) -> None:
+        """One finished RPC, under our names and the conventional gRPC ones."""
+        self.rpcs.labels(method, code_name).inc()
+        self.rpc_seconds.labels(method).observe(seconds)
+        self.grpc_handled.labels(grpc_type, service, method, grpc_code_label(code_name)).inc()
+        self.grpc_handling_seconds.labels(grpc_type, service, method).observe(seconds)
 
     def watch_hub(self, count_watchers: Callable[[], int]) -> None:
         self.watchers.set_function(count_watchers)

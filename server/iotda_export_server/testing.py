@@ -22,7 +22,8 @@ class ServerThread:
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(60)
         self.address = f"127.0.0.1:{self.port}"
         self.http_port = self.server.http_port
-        self.http_url = f"http://127.0.0.1:{self.http_port}" if self.http_port else None
+        scheme = "https" if self.server.tls[1] is not None else "http"
+        self.http_url = f"{scheme}://127.0.0.1:{self.http_port}" if self.http_port else None
         self.admin = self.server.bootstrap_credentials
 
     @property

@@ -37,6 +37,7 @@ ACTIONS = {
 ALL_ACTIONS = ("iotda:exporttasks:*", "iotda:batchtasks:*")
 DEFAULT_ENTERPRISE_PROJECT = "0"  # the platform's default enterprise project
 USER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
+CLIENT_CERT_SAN = re.compile(r"^[\x21-\x7e]{1,255}\Z")
 ACTION = re.compile(r"^(\*|iotda:[A-Za-z*]+:[A-Za-z*]+)\Z")
 
 
@@ -85,7 +86,8 @@ def new_principal_id() -> str:
 
 
 def new_principal(user: str, project_id: str, statements: list[Statement],
-                  enterprise_project_id: str = DEFAULT_ENTERPRISE_PROJECT) -> tuple[Principal, str]:
+                  enterprise_project_id: str = DEFAULT_ENTERPRISE_PROJECT, client_cert_subject: str | None = None,
+                  client_cert_san: str | None = None) -> tuple[Principal, str]:
     """A principal with fresh credentials; returns it and its bearer token (stored only hashed)."""
     if not USER.match(user):
         raise invalid("user", "must be 1-64 of [A-Za-z0-9_.@-]")
@@ -97,8 +99,18 @@ def new_principal(user: str, project_id: str, statements: list[Statement],
         user=user, principal_id=new_principal_id(), project_id=project_id, enterprise_project_id=enterprise_project_id,
         ak=_random(string.ascii_uppercase + string.digits, 20),
         sk=_random(string.ascii_letters + string.digits, 40),
-        statements=statements, created_at=int(time.time() * 1000))
+        statements=statements, created_at=int(time.time() * 1000),
+        client_cert_subject=client_cert_subject, client_cert_san=_client_cert_san(client_cert_san))
     return principal, token
+
+
+def _client_cert_san(san: str | None) -> str | None:
+    if san is None:
+        return None
+    if not CLIENT_CERT_SAN.match(san):
+        raise invalid("client_cert_san", "must be a DNS name, IP address, URI or e-mail address as the"
+                                         " certificate names it (1-255 printable characters, no spaces)")
+    return san
 
 
 def credentials_document(principal: Principal, token: str) -> dict:
@@ -118,7 +130,11 @@ class Authenticator:
         self.store = store
         self.front_end_key = front_end_key
 
-    def authenticate(self, token: str, vouched_principal_id: str = "", front_end_key: str = "") -> Principal:
+    def authenticate(self, token: str, vouched_principal_id: str = "", front_end_key: str = "",
+                     client_cert: tuple[str, tuple[str, ...]] | None = None) -> Principal:
+        """`client_cert`: (subject, SANs) of a client certificate the connection presented and the
+        server's client CA verified. A token, when given, wins over it (an explicit credential);
+        a certificate bound to no principal, without a token, is refused like a missing token."""
         if vouched_principal_id and self.front_end_key and hmac.compare_digest(front_end_key, self.front_end_key):
             # By id, not by name: a principal removed (and another added under its name) since the
             # signature was checked is not found, rather than found as the new one.
@@ -126,7 +142,22 @@ class Authenticator:
             if principal is None:
                 raise Unauthenticated()
             return principal
+        if not token and client_cert is not None:
+            principal = self.by_client_cert(*client_cert)
+            if principal is not None:
+                return principal
         return self.by_token(token)
+
+    def by_client_cert(self, subject: str, sans: tuple[str, ...]) -> Principal | None:
+        """The principal bound to this verified client certificate: by its subject, else by one of
+        its SANs (in the certificate's order)."""
+        reader = self.store.reader()
+        principal = reader.principal_by("client_cert_subject", subject) if subject else None
+        for san in sans:
+            if principal is not None:
+                break
+            principal = reader.principal_by("client_cert_san", san)
+        return principal
 
     def by_token(self, token: str) -> Principal:
         if not token:

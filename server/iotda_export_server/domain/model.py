@@ -168,6 +168,10 @@ class Principal:
     sk: str = field(repr=False)
     statements: list[Statement] = field(default_factory=list)
     created_at: int = 0
+    # Mutual TLS: the client certificate (subject in RFC 4514, or one SAN) that authenticates as this
+    # principal without a token; None: not bound.
+    client_cert_subject: str | None = None
+    client_cert_san: str | None = None
 
     def policy_json(self) -> str:
         return json.dumps({"Version": "1.1", "Statement": [s.to_json() for s in self.statements]})
@@ -176,7 +180,8 @@ class Principal:
     def from_row(cls, row: Any) -> "Principal":
         return cls(user=row["user"], principal_id=row["principal_id"], project_id=row["project_id"],
                    enterprise_project_id=row["enterprise_project_id"], ak=row["ak"], sk=row["sk"],
-                   statements=list(_policy_statements(row["policy"])), created_at=row["created_at"])
+                   statements=list(_policy_statements(row["policy"])), created_at=row["created_at"],
+                   client_cert_subject=row["client_cert_subject"], client_cert_san=row["client_cert_san"])
 
 
 @functools.lru_cache(maxsize=1024)

@@ -183,12 +183,12 @@ class SqliteTx:
     def insert_principal(self, p: Principal, token_sha256: str) -> None:
         self.c.execute(
             'INSERT INTO principals ("user", principal_id, project_id, enterprise_project_id, token_sha256, ak, sk,'
-            " policy, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " policy, created_at, client_cert_subject, client_cert_san) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (p.user, p.principal_id, p.project_id, p.enterprise_project_id, token_sha256, p.ak, p.sk,
-             p.policy_json(), p.created_at))
+             p.policy_json(), p.created_at, p.client_cert_subject, p.client_cert_san))
 
     def principal_by(self, column: str, value: str) -> Principal | None:
-        assert column in ("user", "principal_id", "token_sha256", "ak")
+        assert column in ("user", "principal_id", "token_sha256", "ak", "client_cert_subject", "client_cert_san")
         row = self.c.execute(f'SELECT * FROM principals WHERE "{column}" = ?', (value,)).fetchone()
         return None if row is None else Principal.from_row(row)
 

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import secrets
+import ssl
 import time
 
 import grpc
@@ -39,8 +40,9 @@ from ..logs import request_id_var, user_var
 from ..metrics import CONTENT_TYPE_LATEST, Metrics
 from . import errors, signing
 from .http_headers import SCOPE_HEADERS, Credential, HeaderError, RequestHeaders
-from .http_server import BodyTimeout, BodyTooLarge, GuardedServer, HttpLimits, read_body
+from .http_server import BodyTimeout, BodyTooLarge, GuardedServer, HandshakeBoundSite, HttpLimits, read_body
 from .servicers import FRONT_END_KEY, FRONT_END_USER
+from .tls import http_peer_identity
 from .transcode import RequestTooLarge, Route, build_request, error_body, routes_from, to_json
 from .web import Pages
 
@@ -129,8 +131,12 @@ def _is_ours(status: status_pb2.Status) -> bool:
 class Gateway:
     def __init__(self, grpc_target: str, services: list[descriptor.ServiceDescriptor],
                  authenticator: auth.Authenticator, gateway_key: str, max_message_bytes: int,
-                 metrics: Metrics | None = None, limits: HttpLimits | None = None, pages: Pages | None = None):
+                 metrics: Metrics | None = None, limits: HttpLimits | None = None, pages: Pages | None = None,
+                 client_certs: bool = False):
         self.routes = routes_from(services)
+        # Mutual TLS: a verified client certificate bound to a principal authenticates a request
+        # that carries no token or signature.
+        self.client_certs = client_certs
         self.pages = pages  # the console, /openapi.json, /healthz, /readyz (transport/web.py)
         self.metrics = metrics
         self.grpc_target = grpc_target
@@ -145,7 +151,7 @@ class Gateway:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         # Room for a response of the largest size the service sends, plus the envelope.
         self.channel = grpc.aio.insecure_channel(self.grpc_target, options=[
             ("grpc.max_receive_message_length", self.max_message_bytes + 1024 * 1024),
@@ -153,7 +159,8 @@ class Gateway:
         self.http_server = GuardedServer(self.handle, self.limits, self._error_page)
         self.runner = web.ServerRunner(self.http_server, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_port=False)
+        site = HandshakeBoundSite(self.runner, host, port, reuse_port=False, ssl_context=ssl_context,
+                                  handshake_timeout=self.limits.header_timeout_seconds)
         await site.start()
         self.port = self.runner.addresses[0][1]
         return self.port
@@ -246,8 +253,18 @@ class Gateway:
                                                   reason="NOT_FOUND"), http_status=404,
                         grpc_code=grpc.StatusCode.NOT_FOUND)
 
-    async def _principal(self, credential: Credential):
-        """The principal the credential names (a 401 when none): a store read, off the event loop."""
+    async def _principal(self, credential: Credential | None, request: web.BaseRequest):
+        """The principal the credential names (a 401 when none): a store read, off the event loop.
+        Without a credential, the one bound to the connection's verified client certificate."""
+        if credential is None:
+            identity = http_peer_identity(request.transport) if self.client_certs else None
+            principal = None
+            if identity is not None:
+                principal = await asyncio.to_thread(self.authenticator.by_client_cert, identity.subject,
+                                                    identity.sans)
+            if principal is None:
+                raise domain_errors.Unauthenticated()
+            return principal
         if credential.token is not None:
             return await asyncio.to_thread(self.authenticator.by_token, credential.token)
         principal = await asyncio.to_thread(self.authenticator.by_access_key, credential.signature.access_key)
@@ -288,7 +305,7 @@ class Gateway:
         request.protocol.linger_after_refusal(False)
         headers = RequestHeaders(request.raw_headers)
         credential = headers.credential()
-        if credential is None:
+        if credential is None and not self.client_certs:
             raise domain_errors.Unauthenticated()
         encoding = headers.one("content-encoding")
         if encoding and encoding.lower() != "identity":
@@ -297,7 +314,7 @@ class Gateway:
         if expect is not None and expect.lower() != "100-continue":
             raise HttpError(domain_errors.BadRequestFormat("Only Expect: 100-continue is supported."),
                             http_status=417)
-        principal = await self._principal(credential)
+        principal = await self._principal(credential, request)
         request.protocol.linger_after_refusal(True)
         if (request.content_length or 0) > self.limits.max_body_bytes:
             raise _too_large(self.limits.max_body_bytes)  # refused on its declared length, unread
@@ -313,7 +330,7 @@ class Gateway:
                 f"The request body did not arrive within {self.limits.body_timeout_seconds:.0f} s.",
                 error_code="IOTDA.000008", reason="REQUEST_TIMEOUT"), http_status=408,
                 grpc_code=grpc.StatusCode.DEADLINE_EXCEEDED) from None
-        if credential.signature is not None:
+        if credential is not None and credential.signature is not None:
             body_sha256 = None
             if len(body) > INLINE_CODEC_BYTES:  # hashlib releases the GIL: the loop keeps serving
                 body_sha256 = (await asyncio.to_thread(hashlib.sha256, body)).hexdigest()

@@ -36,6 +36,8 @@ SERVER_OPTIONS = (
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared port
+    # A connection must finish its (TLS) handshake within 20 s, not gRPC core's default 120 s.
+    ("grpc.server_handshake_timeout_ms", 20_000),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     *PENDING_CALL_LIMITS,
@@ -100,10 +102,13 @@ def service_handler(service: ServiceDescriptor, servicer) -> grpc.GenericRpcHand
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-def create_server(address: str, exports_servicer: ExportTaskServicer,
-                  batches_servicer: BatchTaskServicer) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Builds the server (inside the running event loop) and binds `address`; port 0 picks one.
-    Returns (server, bound port, health servicer)."""
+def create_server(address: str, exports_servicer: ExportTaskServicer, batches_servicer: BatchTaskServicer,
+                  credentials: grpc.ServerCredentials | None = None,
+                  hop_address: str | None = None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Builds the server (inside the running event loop) and binds `address`, with TLS when
+    `credentials` are given; port 0 picks one. `hop_address` (unix:PATH in a private directory) is a
+    second, plaintext port for this process's own HTTP gateway: its calls never cross the network,
+    so they need no certificate of their own with TLS on. Returns (server, bound port, health servicer)."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((
         service_handler(export_task_pb2.DESCRIPTOR.services_by_name["ExportTaskService"], exports_servicer),
@@ -113,7 +118,9 @@ def create_server(address: str, exports_servicer: ExportTaskServicer,
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server, pool=MethodAwarePool(descriptor_pool.Default()))
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
+    if hop_address is not None:
+        server.add_insecure_port(hop_address)
     return server, port, health_servicer

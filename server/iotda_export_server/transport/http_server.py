@@ -9,6 +9,7 @@
 - Malformed requests that aiohttp's parser refuses get the platform's JSON error body, and neither
   the response nor the log quotes the offending bytes (they may hold a credential).
 - No router: one handler sees every path, so every path (`%0a` included) gets the same JSON 404.
+- With TLS, the handshake must complete within `header_timeout_seconds` too (HandshakeBoundSite).
 """
 
 from __future__ import annotations
@@ -162,3 +163,23 @@ class GuardedServer(web.Server):
             transport.abort()
             return
         super().connection_made(handler, transport)
+
+
+class HandshakeBoundSite(web.TCPSite):
+    """aiohttp's TCPSite, with a deadline on TLS handshakes: asyncio's default (60 s) would let a
+    client that opens connections and never finishes a handshake hold each that long, uncounted by
+    the connection cap (a connection is made, and counted, only once its handshake is done)."""
+
+    def __init__(self, *args, handshake_timeout: float, **kw):
+        super().__init__(*args, **kw)
+        self.handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": self.handshake_timeout} if self._ssl_context else {}
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, backlog=self._backlog, reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port, **tls)
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port

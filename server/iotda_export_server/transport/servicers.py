@@ -32,6 +32,7 @@ from ..domain.progress import ProgressHub
 from ..logs import request_id_var, user_var
 from ..metrics import Metrics
 from . import errors, render
+from .tls import grpc_peer_identity
 
 log = logging.getLogger("iotda_export.rpc")
 
@@ -66,11 +67,20 @@ class Handlers:
         # Set when the server starts stopping: a stream cut from then on was cut by the shutdown,
         # which the client sees as UNAVAILABLE.
         self.shutting_down = False
+        # Set with a client CA (mutual TLS): a verified client certificate may name the caller.
+        self.client_certs = False
 
-    def _authorize(self, md: dict[str, str], project_id: str, operation: str) -> Caller:
+    def _client_cert(self, context) -> tuple[str, tuple[str, ...]] | None:
+        if not self.client_certs:
+            return None
+        identity = grpc_peer_identity(context)
+        return None if identity is None else (identity.subject, identity.sans)
+
+    def _authorize(self, md: dict[str, str], project_id: str, operation: str,
+                   client_cert: tuple[str, tuple[str, ...]] | None = None) -> Caller:
         """Blocking (reads the store): who is calling, and may they do `operation`."""
         principal = self.authenticator.authenticate(bearer_token(md), md.get(FRONT_END_USER, ""),
-                                                    md.get(FRONT_END_KEY, ""))
+                                                    md.get(FRONT_END_KEY, ""), client_cert)
         user_var.set(principal.user)
         caller = Caller(principal=principal, project_id=validation.project_id(project_id),
                         instance_id=validation.instance_id(md.get("instance-id", "")))
@@ -89,10 +99,16 @@ class Handlers:
             self.metrics.refusals.labels(err.reason, err.quota_id).inc()
         return err
 
-    def _done(self, operation: str, code: str, started: float) -> None:
+    # The full name of the service the subclass serves (grpc_service of the gRPC server metrics).
+    SERVICE = ""
+
+    def _started(self, grpc_type: str, operation: str) -> float:
+        self.metrics.rpc_started(grpc_type, self.SERVICE, operation)
+        return time.monotonic()
+
+    def _done(self, grpc_type: str, operation: str, code: str, started: float) -> None:
         seconds = time.monotonic() - started
-        self.metrics.rpcs.labels(operation, code).inc()
-        self.metrics.rpc_seconds.labels(operation).observe(seconds)
+        self.metrics.rpc_done(grpc_type, self.SERVICE, operation, code, seconds)
         log.info("rpc %s %s %.1f ms", operation, code, seconds * 1000,
                  extra={"rpc": operation, "code": code, "duration_ms": round(seconds * 1000, 1)})
 
@@ -103,13 +119,14 @@ class Handlers:
         reads of a store that serves them locally (SQLite), right here on the event loop."""
         md = _metadata(context)
         request_id = self._begin(md)
-        started = time.monotonic()
+        started = self._started("unary", operation)
         code = "OK"
+        cert = self._client_cert(context)
         try:
             if point_reads and self.store.fast_local_reads:
-                response = work(self._authorize(md, request.project_id, operation))
+                response = work(self._authorize(md, request.project_id, operation, cert))
             else:
-                response = await _in_thread(lambda: work(self._authorize(md, request.project_id, operation)))
+                response = await _in_thread(lambda: work(self._authorize(md, request.project_id, operation, cert)))
             if http_code:
                 # Initial metadata is a send of its own: only when an HTTP gateway needs the code
                 # (201, 204) before the body; otherwise the request id rides with the status.
@@ -124,7 +141,7 @@ class Handlers:
             code = errors.grpc_code(err).name
             await errors.abort(context, err, request_id)
         finally:
-            self._done(operation, code, started)
+            self._done("unary", operation, code, started)
 
     async def _stream(self, operation: str, request, context, gen_fn, limiter: ConcurrencyLimiter):
         """Server streaming: every check happens before the first message (after it, an HTTP
@@ -133,12 +150,13 @@ class Handlers:
         cancelling, shutdown, or the generator being closed)."""
         md = _metadata(context)
         request_id = self._begin(md)
-        started = time.monotonic()
+        started = self._started("server_stream", operation)
         code = "OK"
         ended = False  # the stream ran to its end, or ended with a status of ours
         slot = None
         try:
-            caller = await _in_thread(lambda: self._authorize(md, request.project_id, operation))
+            cert = self._client_cert(context)
+            caller = await _in_thread(lambda: self._authorize(md, request.project_id, operation, cert))
             slot = limiter.acquire(caller.owner)
             agen = gen_fn(caller)
             first = await agen.__anext__()
@@ -167,7 +185,7 @@ class Handlers:
                 # Cut at a yield (grpc closes or cancels the stream): by the client, or by the
                 # shutdown. Count what the client saw, not OK.
                 code = "UNAVAILABLE" if self.shutting_down else "CANCELLED"
-            self._done(operation, code, started)
+            self._done("server_stream", operation, code, started)
 
 
 def run(fn, *args):
@@ -187,6 +205,8 @@ async def _in_thread(fn):
 
 
 class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
+    SERVICE = epb.DESCRIPTOR.services_by_name["ExportTaskService"].full_name
+
     def __init__(self, store, authenticator, metrics: Metrics, exports: ExportService, hub: ProgressHub,
                  max_watch_streams_per_user: int = rules.MAX_WATCH_STREAMS_PER_USER,
                  max_downloads_per_user: int = rules.MAX_DOWNLOADS_PER_USER):
@@ -328,6 +348,8 @@ def _watch_event(topic, heartbeat: bool) -> bytes:
 
 
 class BatchTaskServicer(Handlers, bpb_grpc.BatchTaskServiceServicer):
+    SERVICE = bpb.DESCRIPTOR.services_by_name["BatchTaskService"].full_name
+
     def __init__(self, store, authenticator, metrics: Metrics, batches: BatchService):
         super().__init__(store, authenticator, metrics)
         self.batches = batches
