@@ -16,7 +16,7 @@ from bench.rpc_bench import Api, _client, hold_streams
 
 
 def run(base: str, smoke: bool, runs: int) -> list[Figure]:
-    from iotda_export_client.devcerts import dev_certs
+    from iotda_export_server.devcerts import dev_certs
 
     streams, channels = (50, 2) if smoke else (5_000, 50)
     watch_rows = 1_000 if smoke else 30_000
