@@ -33,7 +33,9 @@ from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.store import open_store
 
 LEASE_SECONDS = 3
-BIG_SUBTASKS = 150_000  # 2-8 s of export on this shared machine: long enough to watch, kill, restart
+# Seconds of export on this shared machine: long enough to watch, kill, restart (150,000 took 2-8 s
+# before issue 14's PostgreSQL read path, ~0.5-1 s after it: too short for a restart to land mid-run).
+BIG_SUBTASKS = 400_000
 PROJECT = "scaleout-project"
 
 
