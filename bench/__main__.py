@@ -9,7 +9,10 @@ the Success event vs plain xlwt writing those rows, the peak RSS of a process ex
 rows; the RPC figures (bench/rpc_bench.py); the TLS figures against plaintext (bench/tls_bench.py); the recovery figures on PostgreSQL (bench/recovery_bench.py:
 a killed worker's takeover vs the lease it held, Success reaching another replica's watcher vs a
 10 ms poll); result files in object storage on a real SeaweedFS (bench/s3_bench.py: export
-throughput vs the local directory, peak RSS, download throughput). Medians of --runs runs; the machine is shared
+throughput vs the local directory, peak RSS, download throughput); the stores side by side
+(bench/store_bench.py: a 200,000-row export on PostgreSQL vs SQLite, 1,000,000 rows on both with the
+PostgreSQL worker's peak RSS, seeding and RecordSubtaskResults ingest rows/s). Medians of --runs runs;
+the machine is shared
 and noisy, so the ratios (measured in one run, interleaved) are what to compare.
 """
 
@@ -36,7 +39,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run, no goals judged (CI)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 3, smoke 1)")
     parser.add_argument("--only", default="",
-                        help="comma-separated: throughput,create,rss,rpc,tls,hostile,recovery,s3,profile")
+                        help="comma-separated: throughput,create,rss,rpc,tls,hostile,recovery,s3,stores,"
+                             "stores-1m,ingest,profile")
     parser.add_argument("--out", default=None, help=f"results file (default {RESULTS} in a full run)")
     return parser.parse_args(argv)
 
@@ -54,11 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     smoke = args.smoke
     runs = args.runs or (1 if smoke else 3)
     only = set(filter(None, args.only.split(","))) or {"throughput", "create", "rss", "rpc", "tls", "hostile",
-                                                        "recovery", "s3", "profile"}
+                                                        "recovery", "s3", "stores", "stores-1m", "ingest",
+                                                        "profile"}
     sizes = {
         "throughput": 3_000 if smoke else 200_000,
         "create": 2_000 if smoke else 30_000,
         "rss": 5_000 if smoke else 1_000_000,
+        "stores": 3_000 if smoke else 200_000,
+        "stores-1m": 5_000 if smoke else 1_000_000,
+        "ingest": 3_000 if smoke else 200_000,
     }
     info = machine()
     print("machine: " + "; ".join(f"{k} {v}" for k, v in info.items()), flush=True)
@@ -107,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
             for figure in s3_bench.run(base, smoke, runs, sizes["throughput"], sizes["rss"], 250):
                 figures.append(figure)
                 show(figure, not smoke)
+        from bench import store_bench
+        for name, measure in (
+                ("stores", lambda: store_bench.exports(base, sizes["stores"], runs, goal_ratio=0.8)),
+                ("stores-1m", lambda: store_bench.exports(base, sizes["stores-1m"], runs, rss_limit_mb=220)),
+                ("ingest", lambda: store_bench.ingest(base, sizes["ingest"], runs))):
+            if name in only:
+                for figure in measure():
+                    figures.append(figure)
+                    show(figure, not smoke)
         if "profile" in only:
             if tput_data is None:
                 from bench.common import seed

@@ -28,11 +28,12 @@ def _sha256_file(path: str) -> str:
 
 
 def fast(data_dir: str, task_id: str) -> dict:
-    from iotda_export_server.runner.worker import write_subtasks
+    from iotda_export_server.runner.worker import _fixed_mmap_threshold, write_subtasks
     from iotda_export_server.store.files import LocalUpload
     from iotda_export_server.runner.xls_writer import XlsZipWriter
     from iotda_export_server.store import open_store
 
+    _fixed_mmap_threshold()  # as worker_main does
     store = open_store(data_dir)
     out = os.path.join(data_dir, f"bench-fast-{os.getpid()}.zip")
     cpu = time.process_time()

@@ -123,7 +123,11 @@ OTHER_VALUES: list[tuple[str, str]] = [
     ("iotda_export_server.runner.worker:WorkerConfig.poll_seconds",
      "An idle export process looks at the queue this often (a new export wakes it sooner)."),
     ("iotda_export_server.runner.worker:READ_BATCH_ROWS",
-     "Sub-task rows read from the store per page while exporting."),
+     "Sub-task rows read from the store per block while exporting (PostgreSQL: per FETCH of its cursor,"
+     " one block read ahead)."),
+    ("iotda_export_server.runner.worker:MMAP_THRESHOLD_BYTES",
+     "Export processes (glibc): blocks this large or larger get a mapping of their own, returned to the"
+     " system when freed, so each export's peak memory is the first one's."),
     ("iotda_export_server.runner.worker:PROGRESS_EVERY_SECONDS",
      "A running export records its progress at most this often."),
     ("iotda_export_server.runner.xls_writer:ROWS_PER_SHEET",

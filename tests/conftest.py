@@ -59,6 +59,29 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def each_store(request, tmp_path_factory):
+    """Each store, for a module's tests that must hold on both: a SQLite file, then a PostgreSQL
+    database of its own (created on the machine's server, dropped afterwards)."""
+    from iotda_export_server.store import open_store
+
+    data_dir = tmp_path_factory.mktemp(request.param)
+    if request.param == "sqlite":
+        store = open_store(data_dir)
+        yield store
+        store.close()
+        return
+    import pg_support as ps
+
+    db = ps.TestDatabase().create()
+    store = open_store(data_dir, db.url, migrate=True)
+    try:
+        yield store
+    finally:
+        store.close()
+        db.drop()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     s = ServerThread(tmp_path_factory.mktemp("data"), workers=2, http_addr="127.0.0.1:0")

@@ -27,7 +27,8 @@ def test_bench_smoke_runs_and_prints_ratios(tmp_path: Path) -> None:
                      "GetExportTask p99", "GetExportTask throughput", "throughput over TLS",
                      "WatchProgress streams over TLS", "health p99 while anonymous",
                      "taken over after its worker's kill", "on the other replica", "to object storage",
-                     "from object storage"):
+                     "from object storage", "create -> Success, PostgreSQL vs SQLite",
+                     "peak RSS of the PostgreSQL worker", "seeding", "RecordSubtaskResults ingest"):
         assert expected in names, proc.stdout
     for line in figures:
         assert re.search(r"\| ratio \S", line), line  # every figure states its ratio (or "-")

@@ -177,40 +177,113 @@ def test_bad_rows_leave_the_rows_before(tmp_path: Path) -> None:
     assert xls == plain_xls(expected)
 
 
-def test_worker_pages_from_sqlite_and_keyset(tmp_path: Path) -> None:
+# -- through the stores: the worker's read path on SQLite and on PostgreSQL ----------------------
+
+# What PostgreSQL's COPY text form and its server-side cursor must carry unchanged: its escapes
+# (backslash, tab, newline, carriage return), its NULL marker spelled as text, control characters.
+COPY_ESCAPES = ["back\\slash", "\\N", "\\", "tab\there", "cr\rlf\n", "\\t not a tab", "\x07\x1b\x7f",
+                "trailing\\"]
+
+
+def stored_rows(n: int, seed: int) -> list[tuple[str, ...]]:
+    """varied_rows as a store holds them: text only (PostgreSQL refuses NUL and lone surrogates,
+    RecordSubtaskResults refuses NUL), unique targets, the COPY format's escapes in every column."""
+    rows = []
+    for i, row in enumerate(varied_rows(n, seed)):
+        row = [cell_text(v) if not isinstance(v, str) or "\x00" in v or "\ud800" in v else v for v in row]
+        if i % 41 == 0:
+            row[i % 5] = COPY_ESCAPES[i % len(COPY_ESCAPES)]
+        row[0] = f"{i:05d}{row[0]}"  # a task's targets are unique
+        rows.append(tuple(row))
+    return rows
+
+
+def seed_rows(store, rows: Sequence[Sequence[str]], seed: int) -> str:
+    """A batch task holding `rows` with ids in list order, inserted in a shuffled order (so a read
+    in the table's physical order would not pass), through the store's own insert."""
     from iotda_export_server.domain.batches import seed_batch_task
-    from iotda_export_server.runner import worker
-    from iotda_export_server.store import open_store
 
-    from conftest import known_row
-
-    store = open_store(tmp_path)
-    task_id = seed_batch_task(store, "p" * 32, "", 0, seed=3)
-    # The rows the test writes itself (ids in the order the export must follow), not a read-back
-    # through subtask_rows(), the query the worker pages with.
-    rows = [known_row(i) for i in range(9000)]
+    task_id = seed_batch_task(store, "p" * 32, "", 0, seed=seed)
+    keyed = [(f"{seed:04x}{i + 1:020x}", *row) for i, row in enumerate(rows)]
+    random.Random(seed).shuffle(keyed)
     with store.transaction() as tx:
-        tx.insert_subtasks(task_id, [(f"{i + 1:024x}", *row) for i, row in enumerate(rows)])
-    expected = plain_xls([tuple(r) for r in rows])
+        tx.insert_subtasks(task_id, keyed)
+    return task_id
 
-    class KeysetOnly:  # what a PostgreSQL snapshot offers: subtask_rows() pages
-        def __init__(self, snap):
-            self.snap = snap
 
-        def subtask_rows(self, *args):
-            return self.snap.subtask_rows(*args)
+def export_from(store, task_id: str, path: Path, after_batch=None) -> bytes:
+    from iotda_export_server.runner import worker
 
-    for wrap in (lambda snap: snap, KeysetOnly):
-        path = tmp_path / "worker.zip"
-        done: list[int] = []
-        with store.snapshot() as snap:
-            with XlsZipWriter(path, INNER) as writer:
-                assert worker.write_subtasks(wrap(snap), task_id, writer, done.append) == 9000
-                writer.finish()
-        assert done[-1] == 9000 and len(done) == -(-9000 // worker.READ_BATCH_ROWS)
-        with zipfile.ZipFile(path) as archive:
-            assert archive.read(INNER) == expected
-    store.close()
+    with store.snapshot() as snap:
+        with XlsZipWriter(path, INNER) as writer:
+            worker.write_subtasks(snap, task_id, writer, after_batch)
+            writer.finish()
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(INNER)
+
+
+def test_export_from_each_store_is_byte_identical_to_plain_xlwt(each_store, tmp_path: Path) -> None:
+    from iotda_export_server.runner import worker
+
+    rows = stored_rows(9000, seed=21)
+    task_id = seed_rows(each_store, rows, seed=21)
+    done: list[int] = []
+    xls = export_from(each_store, task_id, tmp_path / "worker.zip", done.append)
+    # The rows the test chose, not a read-back through the store: the same bytes as plain xlwt.
+    assert xls == plain_xls(rows)
+    assert_read_back(xls, rows)
+    assert done == [min(k * worker.READ_BATCH_ROWS, 9000) for k in range(1, -(-9000 // worker.READ_BATCH_ROWS) + 1)]
+
+
+def test_export_reads_one_snapshot_while_results_are_recorded(each_store, tmp_path: Path) -> None:
+    # Rows updated and added after the export's first block do not reach its file.
+    rows = stored_rows(9000, seed=22)
+    task_id = seed_rows(each_store, rows, seed=22)
+    late = [(f"ffff{i:020x}", f"late_{i}", "Success", "", "", "") for i in range(10)]
+    changed = [(f"{22:04x}{i + 1:020x}", rows[i][0], "Fail", "changed", "E", "late") for i in (0, 5000, 8999)]
+
+    def record_after_first_block(done: int) -> None:
+        if done <= 4096:
+            with each_store.transaction() as tx:
+                tx.upsert_subtask_results(task_id, late + changed)
+
+    xls = export_from(each_store, task_id, tmp_path / "snapshot.zip", record_after_first_block)
+    assert xls == plain_xls(rows)
+    with each_store.snapshot() as snap:  # the changes are there for the next export
+        assert snap.count_subtasks(task_id) == 9010
+        statuses = snap.subtask_statuses(task_id, [rows[5000][0], "late_3"])
+    assert statuses == {rows[5000][0]: "Fail", "late_3": "Success"}
+
+
+def test_empty_task_and_stopped_export_leave_no_cursor(each_store, tmp_path: Path) -> None:
+    empty = seed_rows(each_store, [], seed=23)
+    assert export_from(each_store, empty, tmp_path / "empty.zip") == plain_xls([])
+    task_id = seed_rows(each_store, stored_rows(5000, seed=24), seed=24)
+
+    class Stop(Exception):
+        pass
+
+    def stop(_done: int) -> None:
+        raise Stop()
+
+    from iotda_export_server.runner import worker
+
+    with each_store.snapshot() as snap:
+        with XlsZipWriter(tmp_path / "stopped.zip", INNER) as writer:
+            with pytest.raises(Stop):
+                worker.write_subtasks(snap, task_id, writer, stop)
+        # The same snapshot goes on after a stopped read: its cursor is gone, not left open.
+        if each_store.dialect == "postgresql":
+            assert snap.c.execute("SELECT count(*) FROM pg_cursors").fetchone()[0] == 0
+        assert snap.count_subtasks(task_id) == 5000
+
+
+@pytest.mark.parametrize("each_store", ["postgresql"], indirect=True)
+def test_postgres_snapshot_is_repeatable_read_and_read_only(each_store) -> None:
+    with each_store.snapshot() as snap:
+        settings = snap.c.execute("SELECT current_setting('transaction_isolation'),"
+                                  " current_setting('transaction_read_only')").fetchone()
+        assert tuple(settings) == ("repeatable read", "on")
 
 
 def test_zip_without_splicing_holds_the_same_xls(tmp_path: Path, monkeypatch) -> None:
@@ -234,3 +307,33 @@ def test_only_xlwt_1_3_0() -> None:
             raise AssertionError("another xlwt version was accepted")
     finally:
         xlwt.__VERSION__ = real
+
+
+@pytest.mark.parametrize("each_store", ["postgresql"], indirect=True)
+def test_postgres_connection_lost_mid_read_is_the_database_error(each_store, tmp_path: Path) -> None:
+    # The export's snapshot backend terminated between blocks (a restart, a cut network): the read
+    # raises the database's own error, the one the worker leaves to the lease for a retry; the
+    # read-ahead thread is gone with it.
+    import threading
+
+    import psycopg
+
+    from iotda_export_server.runner import worker
+    from iotda_export_server.store import database_unavailable
+
+    import pg_support as ps
+
+    task_id = seed_rows(each_store, stored_rows(20_000, seed=25), seed=25)
+    with pytest.raises(psycopg.OperationalError) as raised:  # out of the snapshot, as in run_export
+        with each_store.snapshot() as snap:
+            pid = snap.c.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+            def cut_after_first_block(done: int) -> None:
+                if done == worker.READ_BATCH_ROWS:
+                    with ps.admin_connect() as admin:
+                        assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+
+            with XlsZipWriter(tmp_path / "cut.zip", INNER) as writer:
+                worker.write_subtasks(snap, task_id, writer, cut_after_first_block)
+    assert database_unavailable(raised.value)
+    assert not [t for t in threading.enumerate() if t.name == "subtask-read-ahead"]

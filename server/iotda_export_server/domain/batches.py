@@ -263,36 +263,40 @@ _ERRORS = (("IOTDA.014016", "Device is offline."), ("IOTDA.014111", "Command req
 def seed_batch_task(store, project_id: str, instance_id: str, subtasks: int, app_id: str = rules.DEFAULT_APP_ID,
                     seed: int | None = None) -> str:
     """Loads a finished firmware-upgrade batch task with `subtasks` realistic mixed outcomes (about
-    85 % Success, 10 % Fail, 5 % Stopped). Any count, also beyond the API's 30,000 targets."""
+    85 % Success, 10 % Fail, 5 % Stopped). Any count, also beyond the API's 30,000 targets.
+
+    The sub-tasks are made while the store inserts them (one stream: PostgreSQL's COPY, SQLite's
+    executemany), so the database works while Python makes the next rows and no list of a million
+    rows is held; the task's status, which depends on the outcomes, is set once they are in."""
     rng = random.Random(seed)
     task_id = ids.new_id()
     targets = [f"device_{rng.getrandbits(40):010x}_{i:07d}" for i in range(subtasks)]
-    counts = {"Success": 0, "Fail": 0, "Stopped": 0}
-    rows = []
-    for target in targets:
-        roll = rng.random()
-        if roll < 0.85:
-            rows.append((ids.new_id(), target, "Success", _OUTPUTS[0].format(v=f"1.{rng.randint(0, 9)}.{rng.randint(0, 99)}"), "", ""))
-            counts["Success"] += 1
-        elif roll < 0.95:
-            code, msg = rng.choice(_ERRORS)
-            rows.append((ids.new_id(), target, "Fail", "", code, msg))
-            counts["Fail"] += 1
-        else:
-            rows.append((ids.new_id(), target, "Stopped", "stopped by user", "", ""))
-            counts["Stopped"] += 1
+    counts = {"total": subtasks, "success": 0, "fail": 0, "stopped": 0, "removed": 0}
+
+    def rows():
+        for target in targets:
+            roll = rng.random()
+            if roll < 0.85:
+                counts["success"] += 1
+                yield (ids.new_id(), target, "Success",
+                       _OUTPUTS[0].format(v=f"1.{rng.randint(0, 9)}.{rng.randint(0, 99)}"), "", "")
+            elif roll < 0.95:
+                counts["fail"] += 1
+                code, msg = rng.choice(_ERRORS)
+                yield (ids.new_id(), target, "Fail", "", code, msg)
+            else:
+                counts["stopped"] += 1
+                yield (ids.new_id(), target, "Stopped", "stopped by user", "", "")
+
     task = BatchTask(
         task_id=task_id, project_id=project_id, instance_id=instance_id, app_id=app_id,
         task_name=f"demo_firmware_upgrade_{subtasks}", task_type="firmwareUpgrade", task_mode="",
         need_confirm=False, task_ext_info=None,
         targets=targets if subtasks <= rules.MAX_BATCH_TARGETS else [],
         targets_filter=None, document={"package_id": "5f2b0b5d8e0e1d0c0b0a0908"}, task_policy=None,
-        document_source="", status=batch_status({"total": subtasks, "success": counts["Success"],
-                                                  "fail": counts["Fail"], "stopped": counts["Stopped"],
-                                                  "removed": 0}, "Processing"),
-        status_desc="", create_time=ids.now_ms())
+        document_source="", status="Processing", status_desc="", create_time=ids.now_ms())
     with store.transaction() as tx:
         tx.insert_batch_task(task)
-        for i in range(0, len(rows), 10_000):
-            tx.insert_subtasks(task_id, rows[i:i + 10_000])
+        tx.insert_subtasks(task_id, rows())
+        tx.set_batch_status(task_id, batch_status(counts, "Processing"), "")
     return task_id

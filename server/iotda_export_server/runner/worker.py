@@ -10,16 +10,16 @@ export of a worker that died.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import logging
 import os
 import select
 import signal
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import logs
@@ -33,12 +33,15 @@ from .xls_writer import XlsZipWriter
 
 log = logging.getLogger("iotda_export.worker")
 
-# Rows per page read from the store: big enough that the per-page costs (query, writer call)
+# Rows per block read from the store: big enough that the per-block costs (a fetch, a writer call)
 # vanish, small enough that cancel/stop and progress are seen every ~25 ms at full speed.
 READ_BATCH_ROWS = 4096
 PROGRESS_EVERY_SECONDS = 0.2
 # Added to a worker process's niceness when it starts.
 WORKER_NICE_INCREMENT = 10
+# mallopt's parameter number (malloc.h) and glibc's own default for it.
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,19 @@ def _die_with_parent() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
+        pass
+
+
+def _fixed_mmap_threshold() -> None:
+    """glibc: every allocation of MMAP_THRESHOLD_BYTES or more gets its own mapping, returned to the
+    system when freed. By default glibc raises that threshold (up to 32 MiB) whenever such a block is
+    freed, so an export's growing tables (the shared-string dict doubles up to ~40 MiB) come from the
+    heap in the next export and stay there: a worker's second 1M-row export peaked ~20 MB above its
+    first (bench/PROFILE_NOTES.md). Setting the threshold turns that adjustment off."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # not glibc: its allocator has its own policy
         pass
 
 
@@ -176,50 +192,29 @@ def run_export(store, files, jobs: ExportJobs, claim: Claim,
 
 def write_subtasks(snap, batch_task_id: str, writer: XlsZipWriter,
                    after_batch: Callable[[int], None] | None = None) -> int:
-    """Streams the batch task's sub-tasks, in ID order, from the snapshot into the writer, in pages
-    of READ_BATCH_ROWS; after_batch(rows done so far) runs after each page (and may raise to stop).
-    Returns the rows written. A page goes to the writer as columns: no Python per row or cell here."""
+    """Streams the batch task's sub-tasks, in ID order, from the snapshot into the writer, in blocks
+    of READ_BATCH_ROWS (the store's stream_subtask_columns); after_batch(rows done so far) runs after
+    each block (and may raise to stop). Returns the rows written. A block goes to the writer as
+    columns: no Python per row or cell here."""
     done = 0
-    # The pages make millions of short-lived tuples, each a trigger for the cyclic GC, which
+    # The blocks make millions of short-lived tuples, each a trigger for the cyclic GC, which
     # then costs ~10 % of an export while finding nothing: refcounting frees all of it. Paused
     # for the loop (this process runs one export at a time), restored whatever happens.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for columns in _subtask_pages(snap, batch_task_id):
-            writer.write_columns(columns)
-            done += len(columns[0])
-            if after_batch is not None:
-                after_batch(done)
+        # Closed here, not whenever the generator is collected: the store's cursor must go before
+        # the snapshot does, also when after_batch stops the export.
+        with contextlib.closing(snap.stream_subtask_columns(batch_task_id, READ_BATCH_ROWS)) as blocks:
+            for columns in blocks:
+                writer.write_columns(columns)
+                done += len(columns[0])
+                if after_batch is not None:
+                    after_batch(done)
     finally:
         if collecting:
             gc.enable()
     return done
-
-
-def _subtask_pages(snap, batch_task_id: str) -> Iterator[list[tuple]]:
-    """Pages of (targets, statuses, outputs, error_codes, error_msgs) columns, in sub-task ID order."""
-    conn = getattr(snap, "c", None)
-    if isinstance(conn, sqlite3.Connection):
-        # SQLite: one statement read page by page inside the snapshot (its read transaction keeps
-        # the view), as plain tuples and without the id column: ~30 % cheaper per row than keyset
-        # pages of sqlite3.Row (subtask_rows), in the same order (both by id).
-        cursor = conn.cursor()
-        cursor.row_factory = None
-        cursor.execute("SELECT target, status, output, error_code, error_msg FROM subtasks"
-                       " WHERE task_id = ? ORDER BY id", (batch_task_id,))
-        try:
-            while rows := cursor.fetchmany(READ_BATCH_ROWS):
-                yield list(zip(*rows))
-        finally:
-            cursor.close()
-        return
-    # PostgreSQL: keyset pages (its cursor would otherwise fetch every row at once).
-    after = ""
-    while rows := snap.subtask_rows(batch_task_id, after, READ_BATCH_ROWS):
-        ids, *columns = zip(*rows)  # id, target, status, output, error_code, error_msg
-        after = ids[-1]
-        yield columns
 
 
 def _report_progress(jobs: ExportJobs, claim: Claim, done: int, total: int) -> bool:
@@ -242,6 +237,7 @@ def worker_main(config: WorkerConfig, worker_id: str, parent_pid: int) -> None:
     """Runs exports until SIGTERM/SIGINT (or the server's death). A stop request lets the current
     row batch finish and gives the export back to the queue, so another start resumes it."""
     _die_with_parent()
+    _fixed_mmap_threshold()
     # Signal handlers only set a plain flag and write to a pipe: taking a lock in a handler (as
     # threading.Event.set does) can deadlock the main thread that the signal interrupted while it
     # held that same lock, and a burst of signals nested handlers until RecursionError.

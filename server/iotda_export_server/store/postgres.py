@@ -12,14 +12,17 @@ Connections are per thread and re-opened after the database went away (a restart
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import pathlib
+import queue
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from ..domain.model import ExportTask
 from .sqlite import EXPORT_COLUMNS, SchemaError, SqliteTx, _export
@@ -60,18 +63,14 @@ def _row_factory(cursor):
 
 
 class _Conn:
-    """sqlite3's connection surface (qmark parameters, execute/executemany) over psycopg."""
+    """sqlite3's connection surface (qmark parameters, execute) over psycopg. (SqliteTx's two
+    executemany inserts are PgTx's COPYs.)"""
 
     def __init__(self, conn: psycopg.Connection):
         self.conn = conn
 
     def execute(self, query: str, args=()):
         return self.conn.execute(query.replace("?", "%s"), tuple(args))
-
-    def executemany(self, query: str, rows):
-        cur = self.conn.cursor()
-        cur.executemany(query.replace("?", "%s"), [tuple(r) for r in rows])
-        return cur
 
 
 class PgTx(SqliteTx):
@@ -95,6 +94,99 @@ class PgTx(SqliteTx):
             args = (lease_expired_before,)
         # Another replica's sweeper may be looking at the same rows: each takes what it can lock.
         return [_export(r) for r in self.c.execute(q + " FOR UPDATE SKIP LOCKED", args)]
+
+    def subtask_statuses(self, task_id: str, targets: list[str]) -> dict[str, str]:
+        """One query with the targets as one array (up to a call's 10,000): SQLite's chunks of 500
+        in IN lists each cost PostgreSQL a walk of the task's rows when it plans by the task index
+        (its choice while the table's statistics lag a bulk load), 20 walks per full call."""
+        return dict(self.c.conn.execute(
+            "SELECT target, status FROM subtasks WHERE task_id = %s AND target = ANY(%s)", (task_id, targets)).fetchall())
+
+    def insert_subtasks(self, task_id: str, rows: Iterable[tuple[str, str, str, str, str, str]]) -> None:
+        """SqliteTx.insert_subtasks's contract. COPY: one stream for all the rows instead of a
+        statement per row, sent as it fills, so the server inserts while the caller makes more."""
+        with self.c.conn.cursor().copy(
+                "COPY subtasks (id, task_id, target, status, output, error_code, error_msg) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row((r[0], task_id, *r[1:]))
+
+    def upsert_subtask_results(self, task_id: str, rows: list[tuple[str, str, str, str, str, str]]) -> None:
+        """SqliteTx.upsert_subtask_results's effect: the rows COPY into a temporary table of this
+        connection (emptied at the end of the transaction), then one INSERT ... ON CONFLICT moves
+        them. The domain has already checked them (no repeated target in one call)."""
+        conn = self.c.conn
+        conn.execute("CREATE TEMPORARY TABLE IF NOT EXISTS subtask_results_in (id TEXT, target TEXT, status TEXT,"
+                     " output TEXT, error_code TEXT, error_msg TEXT) ON COMMIT DELETE ROWS")
+        with conn.cursor().copy(
+                "COPY subtask_results_in (id, target, status, output, error_code, error_msg) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(r)
+        # Moved out (DELETE ... RETURNING), so a second call in this transaction starts empty.
+        conn.execute(
+            "WITH moved AS (DELETE FROM subtask_results_in RETURNING *)"
+            " INSERT INTO subtasks (id, task_id, target, status, output, error_code, error_msg)"
+            " SELECT id, %s, target, status, output, error_code, error_msg FROM moved"
+            " ON CONFLICT (task_id, target) DO UPDATE SET status = excluded.status, output = excluded.output,"
+            " error_code = excluded.error_code, error_msg = excluded.error_msg", (task_id,))
+
+    def stream_subtask_columns(self, task_id: str, block_rows: int) -> Iterator[list[Sequence[str]]]:
+        """SqliteTx.stream_subtask_columns's contract. PostgreSQL: one server-side cursor (DECLARE in
+        this transaction, so inside a snapshot()'s REPEATABLE READ view) walking the (task_id, id)
+        index, fetched `block_rows` at a time as plain tuples (no name lookup per row) by a thread one
+        block ahead of the caller (bench/PROFILE_NOTES.md: ~20 % of an export's time was the wait for
+        the next FETCH). Keyset pages cost a query each, most of it the server's: ~3x the wall time
+        of this read. Needs a transaction (snapshot() or transaction()): an autocommit reader()
+        cannot hold a cursor."""
+        conn = self.c.conn
+        with conn.cursor(name=f"subtask_columns_{next(_cursor_numbers)}", row_factory=tuple_row) as cursor:
+            cursor.execute("SELECT target, status, output, error_code, error_msg FROM subtasks"
+                           " WHERE task_id = %s ORDER BY id", (task_id,))
+
+            def blocks() -> Iterator[list[Sequence[str]]]:
+                while rows := cursor.fetchmany(block_rows):
+                    yield list(zip(*rows))
+
+            yield from _read_ahead(blocks())
+
+
+_cursor_numbers = itertools.count(1)
+
+
+def _read_ahead(blocks: Iterator) -> Iterator:
+    """`blocks` produced by a thread one block ahead of the consumer: the next FETCH (a round trip
+    and the server's work, the GIL released meanwhile) runs while the caller writes the current
+    block. At most three blocks exist at once (written, queued, being fetched). The producer's
+    error reaches the consumer in order; a consumer that stops early stops the producer (after its
+    fetch in flight) before the cursor is closed."""
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                handoff.put((block, None))
+                if stop.is_set():  # at most one put follows the consumer's stop: its drain makes room
+                    return
+            handoff.put((end, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            handoff.put((end, exc))
+
+    producer = threading.Thread(target=produce, name="subtask-read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            block, error = handoff.get()
+            if block is end:
+                if error is not None:
+                    raise error
+                return
+            yield block
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            handoff.get_nowait()
+        producer.join()
 
 
 def _qualified(alias: str) -> str:
