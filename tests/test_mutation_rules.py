@@ -83,6 +83,12 @@ def test_rules_are_the_documented_numbers():
     # A Struct's encoding is at most 5.5 bytes per JSON character, so the pre-check never refuses what
     # the character rule accepts (test_bounds.py proves it with hypothesis): 6 must stay above 5.5.
     assert rules.STRUCT_BYTES_PER_JSON_CHAR > 5.5
+    # Object storage (issue 16; docs/configuration.md): parts and read windows of 8 MiB (S3 refuses parts
+    # under 5 MiB but the last), the client's timeouts and attempts, the orphan sweep's period.
+    assert (rules.S3_PART_BYTES, rules.S3_READ_WINDOW_BYTES) == (8 * 1024 * 1024, 8 * 1024 * 1024)
+    assert rules.S3_PART_BYTES >= 5 * 1024 * 1024
+    assert (rules.S3_CONNECT_TIMEOUT_SECONDS, rules.S3_READ_TIMEOUT_SECONDS, rules.S3_MAX_ATTEMPTS) == (5.0, 30.0, 3)
+    assert rules.FILES_SWEEP_SECONDS == 300.0
 
 
 # -- create: validation ------------------------------------------------------------------------
