@@ -149,6 +149,21 @@ def test_a_missing_or_non_pem_tls_file_is_a_usage_error(pki, tls_server, tmp_pat
         assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
+def test_a_client_key_or_ca_file_that_does_not_fit_is_a_usage_error_not_a_down_server(pki, mtls_server):
+    """PEM files that are not what they claim (a key that is not the certificate's, a key given as the
+    CA) made gRPC say 'Failed to create security handshaker', which the CLI explained as an
+    unreachable server ('is the server running? Start it with ...'): the files are checked first."""
+    cert, key = map(str, pki.client)
+    cases = (((str(pki.ca_path), cert, str(pki.client_b[1])), "is not the key of the client certificate"),
+             ((str(pki.client[1]), cert, key), "holds no certificate"))
+    for (ca, c, k), words in cases:
+        r = subprocess.run([*CLI, "--address", mtls_server.address, "--tls-ca", ca, "--tls-cert", c, "--tls-key", k,
+                            "--token", "t", "--project", "p", "export", "list"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert "is the server running" not in r.stderr and "PRIVATE KEY" not in r.stderr, r.stderr
+
+
 # -- mutual TLS ---------------------------------------------------------------------------------------
 
 MTLS_REFUSALS = {
