@@ -314,6 +314,36 @@ def test_a_tls_handshake_that_never_completes_is_cut_at_the_header_timeout(tmp_p
         server.stop()
 
 
+def test_tls_handshakes_in_progress_count_against_the_http_connection_cap(tmp_path, pki):
+    """A connection is counted from its accept, not from the end of its handshake: idle sockets that
+    never send a ClientHello cannot hold more than max_connections of the port's sockets (each would
+    otherwise stay the whole handshake timeout, uncounted: file descriptors for anyone who connects)."""
+    from iotda_export_server.transport.http_server import HttpLimits
+    server = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0", tls_cert=str(pki.server[0]),
+                          tls_key=str(pki.server[1]),
+                          http_limits=HttpLimits(max_body_bytes=1024, header_timeout_seconds=300, max_connections=4))
+    held = []
+    try:
+        held = [socket.create_connection(("127.0.0.1", server.http_port), timeout=30) for _ in range(4)]
+        extra = socket.create_connection(("127.0.0.1", server.http_port), timeout=30)
+        with extra:
+            assert receive_until_closed(extra) == b""  # closed at once, not after the 300 s handshake timeout
+        for s in held:
+            s.close()
+        held = []
+
+        def served() -> bool:
+            try:
+                return http_get(server, "/healthz", pki=pki)[0] == 200
+            except (ssl.SSLError, OSError):
+                return False
+        wait_for(served, timeout=30, what="a TLS request to be served once the idle sockets closed")
+    finally:
+        for s in held:
+            s.close()
+        server.stop()
+
+
 def test_a_grpc_handshake_that_never_completes_is_cut(tls_server):
     """gRPC core's own deadline (grpc.server_handshake_timeout_ms, 20 s here, not its default 120 s):
     an idle socket that costs the machine nothing while the test waits for the close."""
