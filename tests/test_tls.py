@@ -549,6 +549,21 @@ def test_dev_certs_writes_a_ca_a_server_and_a_client_certificate(tmp_path):
     assert client_cert.subject.rfc4514_string() == "CN=iotda-export-client"
 
 
+def test_dev_certs_never_replaces_a_ca_silently(tmp_path):
+    """A second run into the same directory made a new CA key without a word: every client certificate
+    the old CA signed stopped verifying. Now it refuses, in one line, unless --force."""
+    out = tmp_path / "certs"
+    assert subprocess.run([*CLI, "dev-certs", "--out", str(out)], capture_output=True, timeout=60).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = subprocess.run([*CLI, "dev-certs", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--force" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    r = subprocess.run([*CLI, "dev-certs", "--out", str(out), "--force"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (out / "ca.key").read_bytes() != before["ca.key"]
+    assert stat.S_IMODE((out / "ca.key").stat().st_mode) == 0o600
+
+
 def test_principal_add_binds_a_certificate_once_and_checks_the_subject(tmp_path):
     data = ["--data-dir", str(tmp_path / "data")]
 
