@@ -514,11 +514,17 @@ def test_sighup_checks_the_files_at_once_and_the_server_goes_on(tmp_path, pki):
 
 
 def test_serve_refuses_to_start_on_unusable_tls_files(tmp_path, pki):
+    big_bundle = tmp_path / "bundle.crt"
+    big_bundle.write_bytes(pki.ca_path.read_bytes() * (2 * 1024 * 1024 // len(pki.ca_path.read_bytes()) + 1))
     cases = (
         (["--tls-cert", str(pki.server[0])], "go together"),
         (["--tls-cert", str(pki.server[0]), "--tls-key", str(pki.client[1])], "cannot use the TLS files"),
         (["--tls-cert", str(tmp_path / "none.crt"), "--tls-key", str(pki.server[1])], "none.crt"),
         (["--tls-client-ca", str(pki.ca_path)], "needs --tls-cert"),
+        # A CA bundle past the 1 MiB read cap (2,000 copies of a CA): was cut at the cap and refused
+        # with the PEM parser's complaint about the cut, now named for what it is.
+        (["--tls-cert", str(pki.server[0]), "--tls-key", str(pki.server[1]), "--tls-client-ca",
+          str(big_bundle)], "larger than 1 MiB"),
     )
     for flags, words in cases:
         r = subprocess.run([*CLI, "serve", "--data-dir", str(tmp_path / "data"), "--workers", "0",
