@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -234,6 +235,18 @@ def test_a_missing_bucket_stops_the_start_naming_it(s3, tmp_path):
     assert r.returncode == 1, r
     assert "'no-such-bucket' does not exist" in r.stderr and "create it first" in r.stderr, r.stderr
     assert s3.env()["AWS_SECRET_ACCESS_KEY"] not in r.stderr + r.stdout
+
+
+def test_no_credentials_for_the_bucket_stops_the_start_saying_so(s3, tmp_path):
+    """No AWS credentials anywhere: said as such, not as an object store that is unreachable."""
+    env = {k: v for k, v in s3.env().items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env = dict({k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **env)
+    r = subprocess.run([sys.executable, "-m", "iotda_export_server.cli", "serve", "--data-dir", str(tmp_path),
+                        "--grpc-addr", "127.0.0.1:0", "--workers", "0", "--files-url", f"s3://{s3.bucket}/x"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r
+    assert "no credentials" in r.stderr and "AWS_ACCESS_KEY_ID" in r.stderr, r.stderr
+    assert "unreachable" not in r.stderr, r.stderr
 
 
 def test_principal_remove_deletes_the_users_objects_from_the_bucket(s3, s3_server, s3_channel):
