@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -236,6 +237,18 @@ def test_a_missing_bucket_stops_the_start_naming_it(s3, tmp_path):
     assert s3.env()["AWS_SECRET_ACCESS_KEY"] not in r.stderr + r.stdout
 
 
+def test_no_credentials_for_the_bucket_stops_the_start_saying_so(s3, tmp_path):
+    """No AWS credentials anywhere: said as such, not as an object store that is unreachable."""
+    env = {k: v for k, v in s3.env().items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env = dict({k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **env)
+    r = subprocess.run([sys.executable, "-m", "iotda_export_server.cli", "serve", "--data-dir", str(tmp_path),
+                        "--grpc-addr", "127.0.0.1:0", "--workers", "0", "--files-url", f"s3://{s3.bucket}/x"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r
+    assert "no credentials" in r.stderr and "AWS_ACCESS_KEY_ID" in r.stderr, r.stderr
+    assert "unreachable" not in r.stderr, r.stderr
+
+
 def test_principal_remove_deletes_the_users_objects_from_the_bucket(s3, s3_server, s3_channel):
     user = make_user(s3_server, s3_channel)
     batch_task_id, _ = seed_known(user, 200)
@@ -254,6 +267,39 @@ def _readyz(server) -> tuple[int, dict]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def test_a_download_racing_a_rerun_that_deletes_its_object_fails_cleanly_and_is_not_counted(
+        s3, s3_server, monkeypatch):
+    """A re-run publishes a new object and deletes the one a download is reading: the download ends
+    with FAILED_PRECONDITION saying to download again (not INTERNAL), is not counted, and the next
+    download gets the new file whole."""
+    # 4 KiB chunks, one ranged GET each, so the deletion is seen at the next chunk; a client window that
+    # does not grow (no BDP probing: 64 KiB) keeps the server from sending the whole file ahead.
+    monkeypatch.setattr(rules, "DOWNLOAD_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(rules, "S3_READ_WINDOW_BYTES", 4096)
+    with grpc.insecure_channel(s3_server.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        user = make_user(s3_server, channel)
+        client = _client(user)
+        batch_task_id, expected = seed_known(user, 8000)
+        first = _export(client, batch_task_id)
+        old_key = _row(s3_server, first.export_task_id).file_key
+        stream = user.exports.ShowExportTask(epb.ShowExportTaskRequest(
+            project_id=user.project_id, export_task_id=first.export_task_id), metadata=user.metadata)
+        head = next(stream)
+        assert head.total_size > 2 * 65536, head.total_size  # more than the client's window
+        _export(client, batch_task_id)  # the same conditions: the task runs again, replacing the object
+        assert _row(s3_server, first.export_task_id).file_key != old_key
+        assert old_key not in s3.objects(f"{PREFIX}/{first.export_task_id}/")
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in stream:
+                pass
+        failure = rpc_failure(info.value)
+        assert failure.code == grpc.StatusCode.FAILED_PRECONDITION, failure
+        assert "download it again" in failure.message, failure.message
+        # Not counted: the next download starts at once (no 30 s wait) and is the new file, whole.
+        data, again = _download(user, first.export_task_id)
+        assert hashlib.sha256(data).hexdigest() == again.sha256 and _rows_of(data) == expected
 
 
 def test_a_store_out_of_reach_is_unavailable_then_the_service_recovers(s3, s3_server, s3_channel):

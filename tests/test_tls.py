@@ -149,6 +149,21 @@ def test_a_missing_or_non_pem_tls_file_is_a_usage_error(pki, tls_server, tmp_pat
         assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
+def test_a_client_key_or_ca_file_that_does_not_fit_is_a_usage_error_not_a_down_server(pki, mtls_server):
+    """PEM files that are not what they claim (a key that is not the certificate's, a key given as the
+    CA) made gRPC say 'Failed to create security handshaker', which the CLI explained as an
+    unreachable server ('is the server running? Start it with ...'): the files are checked first."""
+    cert, key = map(str, pki.client)
+    cases = (((str(pki.ca_path), cert, str(pki.client_b[1])), "is not the key of the client certificate"),
+             ((str(pki.client[1]), cert, key), "holds no certificate"))
+    for (ca, c, k), words in cases:
+        r = subprocess.run([*CLI, "--address", mtls_server.address, "--tls-ca", ca, "--tls-cert", c, "--tls-key", k,
+                            "--token", "t", "--project", "p", "export", "list"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert "is the server running" not in r.stderr and "PRIVATE KEY" not in r.stderr, r.stderr
+
+
 # -- mutual TLS ---------------------------------------------------------------------------------------
 
 MTLS_REFUSALS = {
@@ -296,6 +311,36 @@ def test_a_tls_handshake_that_never_completes_is_cut_at_the_header_timeout(tmp_p
             sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and then nothing
             assert receive_until_closed(sock) == b""  # closed by the server, well before the 30 s of this socket
     finally:
+        server.stop()
+
+
+def test_tls_handshakes_in_progress_count_against_the_http_connection_cap(tmp_path, pki):
+    """A connection is counted from its accept, not from the end of its handshake: idle sockets that
+    never send a ClientHello cannot hold more than max_connections of the port's sockets (each would
+    otherwise stay the whole handshake timeout, uncounted: file descriptors for anyone who connects)."""
+    from iotda_export_server.transport.http_server import HttpLimits
+    server = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0", tls_cert=str(pki.server[0]),
+                          tls_key=str(pki.server[1]),
+                          http_limits=HttpLimits(max_body_bytes=1024, header_timeout_seconds=300, max_connections=4))
+    held = []
+    try:
+        held = [socket.create_connection(("127.0.0.1", server.http_port), timeout=30) for _ in range(4)]
+        extra = socket.create_connection(("127.0.0.1", server.http_port), timeout=30)
+        with extra:
+            assert receive_until_closed(extra) == b""  # closed at once, not after the 300 s handshake timeout
+        for s in held:
+            s.close()
+        held = []
+
+        def served() -> bool:
+            try:
+                return http_get(server, "/healthz", pki=pki)[0] == 200
+            except (ssl.SSLError, OSError):
+                return False
+        wait_for(served, timeout=30, what="a TLS request to be served once the idle sockets closed")
+    finally:
+        for s in held:
+            s.close()
         server.stop()
 
 
@@ -469,11 +514,17 @@ def test_sighup_checks_the_files_at_once_and_the_server_goes_on(tmp_path, pki):
 
 
 def test_serve_refuses_to_start_on_unusable_tls_files(tmp_path, pki):
+    big_bundle = tmp_path / "bundle.crt"
+    big_bundle.write_bytes(pki.ca_path.read_bytes() * (2 * 1024 * 1024 // len(pki.ca_path.read_bytes()) + 1))
     cases = (
         (["--tls-cert", str(pki.server[0])], "go together"),
         (["--tls-cert", str(pki.server[0]), "--tls-key", str(pki.client[1])], "cannot use the TLS files"),
         (["--tls-cert", str(tmp_path / "none.crt"), "--tls-key", str(pki.server[1])], "none.crt"),
         (["--tls-client-ca", str(pki.ca_path)], "needs --tls-cert"),
+        # A CA bundle past the 1 MiB read cap (2,000 copies of a CA): was cut at the cap and refused
+        # with the PEM parser's complaint about the cut, now named for what it is.
+        (["--tls-cert", str(pki.server[0]), "--tls-key", str(pki.server[1]), "--tls-client-ca",
+          str(big_bundle)], "larger than 1 MiB"),
     )
     for flags, words in cases:
         r = subprocess.run([*CLI, "serve", "--data-dir", str(tmp_path / "data"), "--workers", "0",
@@ -502,6 +553,21 @@ def test_dev_certs_writes_a_ca_a_server_and_a_client_certificate(tmp_path):
     usages = client_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH in usages
     assert client_cert.subject.rfc4514_string() == "CN=iotda-export-client"
+
+
+def test_dev_certs_never_replaces_a_ca_silently(tmp_path):
+    """A second run into the same directory made a new CA key without a word: every client certificate
+    the old CA signed stopped verifying. Now it refuses, in one line, unless --force."""
+    out = tmp_path / "certs"
+    assert subprocess.run([*CLI, "dev-certs", "--out", str(out)], capture_output=True, timeout=60).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = subprocess.run([*CLI, "dev-certs", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--force" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    r = subprocess.run([*CLI, "dev-certs", "--out", str(out), "--force"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (out / "ca.key").read_bytes() != before["ca.key"]
+    assert stat.S_IMODE((out / "ca.key").stat().st_mode) == 0o600
 
 
 def test_principal_add_binds_a_certificate_once_and_checks_the_subject(tmp_path):

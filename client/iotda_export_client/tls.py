@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 
 import grpc
 
@@ -37,10 +38,28 @@ class TlsSettings:
     def credentials(self) -> grpc.ChannelCredentials:
         if bool(self.cert) != bool(self.key):
             raise TlsFileError("a client certificate needs its key: give both --tls-cert and --tls-key")
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read_pem(self.ca, "CA") if self.ca else None,
-            private_key=_read_pem(self.key, "client key") if self.key else None,
-            certificate_chain=_read_pem(self.cert, "client certificate") if self.cert else None)
+        ca = _read_pem(self.ca, "CA") if self.ca else None
+        key = _read_pem(self.key, "client key") if self.key else None
+        cert = _read_pem(self.cert, "client certificate") if self.cert else None
+        # gRPC reports files that do not fit only as "Failed to create security handshaker", which
+        # reads like a server that is down: check them here (the standard library's OpenSSL).
+        if ca is not None:
+            try:
+                ssl.create_default_context(cadata=ca.decode("ascii", "replace"))
+            except (ssl.SSLError, ValueError):
+                raise TlsFileError(f"the CA file {self.ca} holds no certificate") from None
+        if cert is not None:
+            try:  # the same files again: load_cert_chain takes paths only
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(self.cert, self.key, password=_no_password)
+            except (ssl.SSLError, ValueError, TypeError):
+                raise TlsFileError(f"the client key file {self.key} is not the key of the client certificate"
+                                   f" {self.cert} (or not an unencrypted private key)") from None
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def _no_password() -> bytes:
+    """An encrypted key: refused (gRPC cannot decrypt one) rather than a password prompt."""
+    raise ValueError("encrypted key")
 
 
 def _read_pem(path: str, what: str) -> bytes:

@@ -269,7 +269,11 @@ class _NoFiles:
 
 def _dev_certs(args) -> int:
     from iotda_export_server.devcerts import dev_certs
-    paths = dev_certs(args.out, tuple(args.host), args.days, args.client_name)
+    try:
+        paths = dev_certs(args.out, tuple(args.host), args.days, args.client_name, args.force)
+    except OSError as e:  # files already there, or a directory that cannot be written
+        print(f"error: {e.strerror + ': ' + str(e.filename) if e.filename else e}", file=sys.stderr)
+        return 1
     for name, path in paths.items():
         print(f"{name:12} {path}")
     out = args.out
@@ -381,6 +385,7 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--client-name", default="iotda-export-client", metavar="CN",
                    help="common name of the client certificate (bind it with principal add --client-cert-subject CN=...)")
     p.add_argument("--days", type=_positive_int, default=90, help="validity of every certificate")
+    p.add_argument("--force", action="store_true", help="replace certificates and keys already in --out")
     p.set_defaults(func=_dev_certs)
 
     p = sub.add_parser("worker", help="run export workers only (no RPC port), against --database: scale"

@@ -90,7 +90,7 @@ def issue(ca: Issued, common_name: str, *, server_hosts: tuple[str, ...] = (), c
 def write_private(path: pathlib.Path, data: bytes) -> None:
     """A key file: mode 0600 from its creation on (replacing any file there)."""
     tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
+    if tmp.exists() or tmp.is_symlink():
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -99,8 +99,13 @@ def write_private(path: pathlib.Path, data: bytes) -> None:
 
 
 def write_public(path: pathlib.Path, data: bytes) -> None:
+    """A certificate file: created anew (O_EXCL: never through a link left at its temporary name)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    if tmp.exists() or tmp.is_symlink():
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
 
 
@@ -112,11 +117,20 @@ def write_pair(directory: pathlib.Path, stem: str, issued: Issued) -> tuple[path
     return cert_path, key_path
 
 
+FILE_NAMES = tuple(f"{stem}.{ext}" for stem in ("ca", "server", "client") for ext in ("crt", "key"))
+
+
 def dev_certs(out: str | os.PathLike, hosts: tuple[str, ...] = (), days: int = DEFAULT_DAYS,
-              client_name: str = CLIENT_COMMON_NAME) -> dict[str, pathlib.Path]:
+              client_name: str = CLIENT_COMMON_NAME, force: bool = False) -> dict[str, pathlib.Path]:
     """Writes ca.crt/ca.key, server.crt/server.key (localhost, 127.0.0.1, ::1 and `hosts`) and
-    client.crt/client.key (CN=`client_name`, client authentication) to `out`; returns the paths."""
+    client.crt/client.key (CN=`client_name`, client authentication) to `out`; returns the paths.
+    Files already there are replaced only with `force` (FileExistsError otherwise): a new CA key
+    silently orphans every certificate the previous one signed."""
     directory = pathlib.Path(out)
+    existing = [name for name in FILE_NAMES if (directory / name).exists()]
+    if existing and not force:
+        raise FileExistsError(f"{directory} already holds {', '.join(existing)}: pass --force to replace them"
+                              " (certificates signed by the old CA then no longer verify)")
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     ca = make_ca(days=days)

@@ -361,6 +361,17 @@ class ExportService:
         with self.store.transaction(lock_key=d.owner) as tx:
             tx.restore_download_limit(d.owner, d.mark, d.previous_mark)
 
+    def file_gone(self, d: Download) -> None:
+        """The object an admitted download was reading is gone mid-stream (object storage: a re-run
+        published a new file and deleted this one, or the task was deleted): not damage and not the
+        user's doing, so the download is un-counted and they are told to start it again; raises."""
+        self.abandon_download(d)
+        raise FailedPrecondition(
+            f"The result file of export task {d.task.export_task_id} was replaced or removed during the download"
+            " (a re-run published a new one, or the task was deleted); download it again.",
+            subject=f"export-task:{d.task.export_task_id}", violation_type="FILE_REPLACED",
+            error_code=Codes.EXPORT_FILE_NOT_READY)
+
     def _mark_damaged(self, tx, task: ExportTask, reason: str) -> bool:
         """Under the owner's lock: the task's file (generation `task.file_generation`) is damaged. The
         file is removed and no longer offered (file_size and file_sha256 cleared, the generation kept);

@@ -41,6 +41,8 @@ _botocore_log.setLevel(max(_botocore_log.getEffectiveLevel(), logging.WARNING))
 
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 _NO_UPLOAD_CODES = {"404", "NoSuchUpload"}
+# Found missing before any request is sent: not the store's fault.
+_NO_CREDENTIALS = (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)
 
 
 class S3Files:
@@ -109,6 +111,9 @@ class S3Files:
                                  " create it first (the service never creates buckets)") from None
             raise ValueError(f"the bucket {self.bucket!r} at {self.client.meta.endpoint_url} refused access"
                              f" ({code}): check the credentials (AWS_* variables or profile)") from None
+        except _NO_CREDENTIALS:
+            raise ValueError(f"no credentials for the bucket {self.bucket!r} at {self.client.meta.endpoint_url}:"
+                             " set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from None
         except (botocore.exceptions.BotoCoreError, Urllib3Error, OSError) as exc:
             raise ValueError(f"the object store {self.client.meta.endpoint_url} of bucket {self.bucket!r} is"
                              f" unreachable ({type(exc).__name__}: {exc})") from None

@@ -9,12 +9,14 @@
 - Malformed requests that aiohttp's parser refuses get the platform's JSON error body, and neither
   the response nor the log quotes the offending bytes (they may hold a credential).
 - No router: one handler sees every path, so every path (`%0a` included) gets the same JSON 404.
-- With TLS, the handshake must complete within `header_timeout_seconds` too (HandshakeBoundSite).
+- With TLS, the handshake must complete within `header_timeout_seconds` too, and a connection counts
+  against the cap from its accept, handshake included (HandshakeBoundSite).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -155,31 +157,97 @@ class GuardedServer(web.Server):
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         if len(self._connections) >= self.limits.max_connections:
-            self.refused_connections += 1
-            if self.refused_connections == 1 or self.refused_connections % 1000 == 0:
-                log.warning("HTTP connection refused: %d connections open (the limit); %d refused so far",
-                            len(self._connections), self.refused_connections)
             handler.force_close()
-            transport.abort()
+            self.refuse(transport)
             return
         super().connection_made(handler, transport)
 
+    def refuse(self, transport: asyncio.BaseTransport) -> None:
+        """A connection past the cap: closed at once (counted, logged now and then)."""
+        self.refused_connections += 1
+        if self.refused_connections == 1 or self.refused_connections % 1000 == 0:
+            log.warning("HTTP connection refused: %d connections open (the limit); %d refused so far",
+                        len(self._connections), self.refused_connections)
+        transport.abort()
+
 
 class HandshakeBoundSite(web.TCPSite):
-    """aiohttp's TCPSite, with a deadline on TLS handshakes: asyncio's default (60 s) would let a
-    client that opens connections and never finishes a handshake hold each that long, uncounted by
-    the connection cap (a connection is made, and counted, only once its handshake is done)."""
+    """aiohttp's TCPSite; with TLS, each accepted connection is counted against the connection cap
+    from its accept on and its handshake must end within `handshake_timeout`. (Given ssl=, asyncio
+    makes a connection, and the cap counts it, only once its handshake is done: sockets that never
+    send a ClientHello would each hold a file descriptor for the whole timeout, in any number.)"""
 
     def __init__(self, *args, handshake_timeout: float, **kw):
         super().__init__(*args, **kw)
         self.handshake_timeout = handshake_timeout
+        self.handshakes: set[asyncio.Task] = set()  # in progress (counted; referenced until done)
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
         assert server is not None
-        tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": self.handshake_timeout} if self._ssl_context else {}
+        factory = server if self._ssl_context is None else functools.partial(_TlsAdmission, self, server)
         self._server = await asyncio.get_running_loop().create_server(
-            server, self._host, self._port, backlog=self._backlog, reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port, **tls)
+            factory, self._host, self._port, backlog=self._backlog, reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port)
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+    async def stop(self) -> None:
+        for task in list(self.handshakes):
+            task.cancel()
+        await super().stop()
+
+
+class _TlsAdmission(asyncio.Protocol):
+    """An accepted TCP connection of a TLS site: refused at once when the handshakes in progress
+    and the open connections reach the cap, else upgraded (loop.start_tls) and handed to aiohttp."""
+
+    def __init__(self, site: HandshakeBoundSite, server: GuardedServer):
+        self.site = site
+        self.server = server
+        # What the TLS layer delivers between the handshake's end and the handover (a request that
+        # came with the client's Finished), replayed to aiohttp's handler.
+        self._early: list[bytes] = []
+        self._eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # the ClientHello stays in the socket for start_tls
+        if len(self.site.handshakes) + len(self.server.connections) >= self.server.limits.max_connections:
+            self.server.refuse(transport)
+            return
+        task = asyncio.get_running_loop().create_task(self._handshake(transport))
+        self.site.handshakes.add(task)
+        task.add_done_callback(self.site.handshakes.discard)
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        try:
+            tls_transport = await asyncio.get_running_loop().start_tls(
+                transport, self, self.site._ssl_context, server_side=True,
+                ssl_handshake_timeout=self.site.handshake_timeout)
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed, cut or timed-out handshake: nothing to serve
+            log.debug("TLS handshake failed: %s", type(exc).__name__)
+            transport.abort()
+            return
+        if tls_transport is None or tls_transport.is_closing():
+            return
+        self.site.handshakes.discard(asyncio.current_task())  # counted from here as a connection
+        handler = self.server()
+        tls_transport.set_protocol(handler)
+        handler.connection_made(tls_transport)
+        for data in self._early:
+            handler.data_received(data)
+        if self._eof and not handler.eof_received():
+            tls_transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)  # at most what arrives in one loop turn, within the socket's buffer
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return True  # half-open until the handler decides
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        pass  # before or during the handshake: start_tls's waiter sees it

@@ -265,6 +265,8 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
             except FilesUnavailable:  # an object store gone mid-stream: not counted, the message says why
                 await run(self.exports.abandon_download, d)
                 raise
+            except FileNotFoundError:  # its object deleted mid-stream (a re-run replaced it): start again
+                await run(self.exports.file_gone, d)
             finally:
                 f.close()
         return self._stream("ShowExportTask", request, context, chunks, self.download_slots)

@@ -180,9 +180,15 @@ class CertificateSource:
         return front
 
 
+MAX_PEM_BYTES = 1024 * 1024  # a PEM chain or CA bundle is a few KiB: bound it anyway
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
-        return f.read(1024 * 1024)  # a PEM chain is a few KiB: bound it anyway
+        data = f.read(MAX_PEM_BYTES + 1)
+    if len(data) > MAX_PEM_BYTES:  # refused whole: a cut file fails with the PEM parser's puzzling reason
+        raise ValueError(f"{path} is larger than 1 MiB: not a certificate chain, CA bundle or key")
+    return data
 
 
 def _reason(exc: BaseException) -> str:
