@@ -91,18 +91,38 @@ class Metrics:
         self.export_rows_per_second = Histogram("iotda_export_run_rows_per_second",
                                                 "Rows per second of each successful export run.",
                                                 buckets=ROWS_PER_SECOND_BUCKETS, registry=r)
+        self._methods: dict[tuple, tuple] = {}  # (type, service, method) -> its labelled children
+        self._per_code: dict[tuple, tuple] = {}  # (type, service, method, code) -> its two counters
         self.rows_written = Counter("iotda_export_rows_written", "Rows written by successful export runs"
                                     " (rate() of it is the rows/s being exported).", registry=r)
 
     def rpc_started(self, grpc_type: str, service: str, method: str) -> None:
-        self.grpc_started.labels(grpc_type, service, method).inc()
+        self._per_method(grpc_type, service, method)[0].inc()
 
     def rpc_done(self, grpc_type: str, service: str, method: str, code_name: str, seconds: float) -> None:
         """One finished RPC, under our names and the conventional gRPC ones."""
-        self.rpcs.labels(method, code_name).inc()
-        self.rpc_seconds.labels(method).observe(seconds)
-        self.grpc_handled.labels(grpc_type, service, method, grpc_code_label(code_name)).inc()
-        self.grpc_handling_seconds.labels(grpc_type, service, method).observe(seconds)
+        _, rpc_seconds, handling_seconds = self._per_method(grpc_type, service, method)
+        rpc_seconds.observe(seconds)
+        handling_seconds.observe(seconds)
+        key = (grpc_type, service, method, code_name)
+        handled = self._per_code.get(key)
+        if handled is None:
+            handled = self._per_code[key] = (self.rpcs.labels(method, code_name),
+                                             self.grpc_handled.labels(grpc_type, service, method,
+                                                                      grpc_code_label(code_name)))
+        handled[0].inc()
+        handled[1].inc()
+
+    def _per_method(self, grpc_type: str, service: str, method: str) -> tuple:
+        # The labelled children, looked up once: `.labels()` costs a lock and a tuple per call, and
+        # every RPC touches five of them (measured: ~6 % of saturated GetExportTask throughput).
+        key = (grpc_type, service, method)
+        children = self._methods.get(key)
+        if children is None:
+            children = self._methods[key] = (self.grpc_started.labels(grpc_type, service, method),
+                                             self.rpc_seconds.labels(method),
+                                             self.grpc_handling_seconds.labels(grpc_type, service, method))
+        return children
 
     def watch_hub(self, count_watchers: Callable[[], int]) -> None:
         self.watchers.set_function(count_watchers)
