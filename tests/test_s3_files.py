@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 import urllib.error
 import urllib.request
 import zipfile
@@ -183,6 +184,33 @@ def test_the_sweep_removes_orphaned_objects_and_aborts_abandoned_uploads(s3, s3_
     assert stray not in s3.objects() and kept in s3.objects() and outside in s3.objects()
     assert abandoned not in s3.uploads()
     client.delete_object(Bucket=s3.bucket, Key=outside)
+
+
+def test_the_sweep_spares_the_object_of_a_running_task_not_yet_recorded(s3, s3_server):
+    """A run completes its upload, then records the key with Success: between the two, its object is
+    in the bucket and in no row. A sweep then (with no grace here: as when a store dates a multipart
+    object from the upload's start and the run was long) must leave it; an unrecorded object of a
+    task that is not running is an orphan."""
+    running_task, idle_task = "c" * 24, "d" * 24
+    completed = f"{PREFIX}/{running_task}/0123456789abcdef.zip"
+    orphan = f"{PREFIX}/{idle_task}/0123456789abcdef.zip"
+    client = s3.client()
+    for key in (completed, orphan):
+        client.put_object(Bucket=s3.bucket, Key=key, Body=b"zip")
+
+    class Reader:  # the store's answers at that moment: the task runs, no row records either key
+        def running_exports(self):
+            return [types.SimpleNamespace(export_task_id=running_task)]
+
+        def all_export_file_keys(self):
+            return set()
+
+    try:
+        swept = s3_server.server.files.sweep_orphans(Reader(), grace_seconds=0)
+        assert orphan in swept and completed not in swept
+        assert completed in s3.objects() and orphan not in s3.objects()
+    finally:
+        client.delete_object(Bucket=s3.bucket, Key=completed)
 
 
 def test_every_process_sweeps_the_bucket_while_it_runs(s3, s3_server):

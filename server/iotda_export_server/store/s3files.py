@@ -201,7 +201,11 @@ class S3Files:
                     removed.append(u["Key"])
             known = reader.all_export_file_keys()
             for obj in self._objects(scope):
-                if obj["Key"] not in known and obj["LastModified"] < cutoff and self._task_of(obj["Key"]):
+                # Nor an object of a running task: its run may have completed the upload and not yet
+                # recorded the key, and a store may date a multipart object from the upload's start
+                # (S3 does), so a long run's object can look older than the grace.
+                task = self._task_of(obj["Key"])
+                if obj["Key"] not in known and obj["LastModified"] < cutoff and task and task not in running:
                     self.client.delete_object(Bucket=self.bucket, Key=obj["Key"])
                     removed.append(obj["Key"])
         return removed
