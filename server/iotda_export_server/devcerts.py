@@ -89,21 +89,21 @@ def issue(ca: Issued, common_name: str, *, server_hosts: tuple[str, ...] = (), c
 
 def write_private(path: pathlib.Path, data: bytes) -> None:
     """A key file: mode 0600 from its creation on (replacing any file there)."""
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists() or tmp.is_symlink():
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    _write_new(path, data, 0o600)
 
 
 def write_public(path: pathlib.Path, data: bytes) -> None:
-    """A certificate file: created anew (O_EXCL: never through a link left at its temporary name)."""
+    """A certificate file, mode 0644."""
+    _write_new(path, data, 0o644)
+
+
+def _write_new(path: pathlib.Path, data: bytes, mode: int) -> None:
+    # Created anew at a temporary name (O_EXCL: never through a link left there) with its mode from
+    # the start, then renamed over `path`.
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists() or tmp.is_symlink():
         tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
