@@ -189,9 +189,21 @@ def create_from_picker(driver, task_id: str) -> str:
     wait(driver, lambda d: any(o.get_attribute("value") == task_id for o in select.options),
          what=f"batch task {task_id} in the picker")
     select.select_by_value(task_id)
+    # Every text the notice line shows from the click on: a small export can reach Success, and its
+    # watcher say so in the same line, before the test looks at it.
+    driver.execute_script("""
+      window.__notices = [];
+      const box = document.getElementById('notice');
+      new MutationObserver(() => window.__notices.push(box.textContent))
+        .observe(box, {subtree: true, childList: true, characterData: true});""")
     driver.find_element(By.ID, "create-button").click()
-    m = wait(driver, lambda d: re.search(r"Export task ([0-9a-f]{24}) created", notice(d)), what="the create")
-    export_id = m.group(1)
+
+    def created(d):
+        for text in d.execute_script("return window.__notices") + [notice(d)]:
+            if m := re.search(r"Export task ([0-9a-f]{24}) created", text):
+                return m
+        return None
+    export_id = wait(driver, created, what="the create").group(1)
     wait(driver, lambda d: row(d, export_id), what="the new task's row")
     return export_id
 
