@@ -29,7 +29,7 @@ from ..domain.exports import Claim, ExportJobs, inner_file_name
 from ..store import database_unavailable
 from ..store.changes import ChangeAnnouncer
 from ..store.files import open_files
-from .xls_writer import XlsZipWriter
+from .xls import XlsZipWriter
 
 log = logging.getLogger("iotda_export.worker")
 
