@@ -41,7 +41,7 @@ import tokenize
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "configuration.md"
-for _path in (ROOT / "client", ROOT / "server"):  # works from a checkout even before `pip install -e`
+for _path in (ROOT / "api", ROOT / "client", ROOT / "server"):  # works from a checkout even before `pip install -e`
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
