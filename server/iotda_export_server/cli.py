@@ -358,7 +358,10 @@ def _worker_config(args: argparse.Namespace) -> ServerConfig:
     return _running_config(args, metrics_addr=args.metrics_addr)
 
 
-def add_server_commands(sub: argparse._SubParsersAction) -> None:
+# -- the commands: one configure_* each (its parser, flags and function), in `--help`'s order -----
+
+def configure_serve(sub: argparse._SubParsersAction) -> None:
+    """`serve`: the whole service in this process."""
     from iotda_export_server.domain import rules  # the defaults of the server's caps
 
     serve = sub.add_parser("serve", help="run the service (gRPC, and HTTP with --http-addr): on the embedded"
@@ -393,6 +396,9 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     _log_flags(serve)
     serve.set_defaults(func=_serve)
 
+
+def configure_dev_certs(sub: argparse._SubParsersAction) -> None:
+    """`dev-certs`: certificates for trying TLS."""
     p = sub.add_parser("dev-certs", help="write a private CA, a server and a client certificate for trying TLS"
                                          " (docs/how-to/tls.md); not for production")
     p.add_argument("--out", required=True, metavar="DIR",
@@ -406,6 +412,9 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace certificates and keys already in --out")
     p.set_defaults(func=_dev_certs)
 
+
+def configure_worker(sub: argparse._SubParsersAction) -> None:
+    """`worker`: export worker processes only, on a shared database."""
     p = sub.add_parser("worker", help="run export workers only (no RPC port), against --database: scale"
                                       " exports apart from API replicas (`serve --workers 0`)")
     _state_flags(p)
@@ -416,11 +425,17 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     _log_flags(p)
     p.set_defaults(func=_worker)
 
+
+def configure_migrate(sub: argparse._SubParsersAction) -> None:
+    """`migrate`: the database schema."""
     p = sub.add_parser("migrate", help="create or upgrade the database schema (PostgreSQL: run once before"
                                        " starting replicas; SQLite migrates itself on start)")
     _state_flags(p)
     p.set_defaults(func=_migrate)
 
+
+def configure_principal(sub: argparse._SubParsersAction) -> None:
+    """`principal add|list|remove`: the users of a data directory."""
     principal = sub.add_parser("principal", help="add, list or remove principals (users) of a data directory;"
                                                  " works while a server runs on it")
     psub = principal.add_subparsers(dest="principal_command", required=True, metavar="COMMAND")
@@ -458,6 +473,9 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--user", required=True)
     p.set_defaults(func=_principal_remove)
 
+
+def configure_seed(sub: argparse._SubParsersAction) -> None:
+    """`seed`: demo data."""
     p = sub.add_parser("seed", help="load a demo batch task with N sub-tasks of mixed outcomes (works while a"
                                     " server runs on the data directory)")
     _state_flags(p)
@@ -472,7 +490,9 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """`iotda-export`: the server's commands, then the client's calling commands."""
     parser, sub = new_parser(__doc__ + CALLING_NOTES)
-    add_server_commands(sub)
+    for configure in (configure_serve, configure_dev_certs, configure_worker, configure_migrate, configure_principal,
+                      configure_seed):
+        configure(sub)
     add_client_commands(sub, parser)
     return parser
 
