@@ -3,8 +3,9 @@
 Each worker is a fresh interpreter (`python -m iotda_export_server.runner.worker`): it inherits no
 gRPC state (gRPC does not survive fork) and does not re-import the caller's main module, as
 multiprocessing's spawn would. Its WorkerConfig arrives as JSON on its stdin, written once: the
-database URL may hold a password, which ps (argv) and /proc/<pid>/environ would show. A worker that dies is replaced, and the exports whose lease ran out
-are queued again (or failed after too many attempts) by ExportJobs.recover.
+database URL may hold a password, which its argv (ps) or environment (/proc/<pid>/environ) would
+show. A worker that dies is replaced, and the exports whose lease ran out are queued again (or
+failed after too many attempts) by ExportJobs.recover.
 """
 
 from __future__ import annotations
