@@ -27,6 +27,7 @@ from conftest import refused, rpc_failure, wait_for
 from iotda.export.v1 import export_task_pb2 as epb
 from iotda.export.v1 import export_task_pb2_grpc
 from iotda_export_server.app import add_principal
+from iotda_export_server.config import FilesConfig
 from iotda_export_server.domain import auth, errors
 from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.domain.exports import CreateExportRequest, ExportJobs, ExportService
@@ -53,7 +54,7 @@ class Backend:
         if kind == "postgres":
             self.db = ps.TestDatabase().create()
             open_store(tmp_path / "migrate", self.db.url, migrate=True).close()
-            config = dict(database=self.db.url, files_dir=str(tmp_path / "files"))
+            config = dict(database=self.db.url, files=FilesConfig(dir=str(tmp_path / "files")))
         self.server = ServerThread(tmp_path / "data", workers=0, **config)
         self.channel = grpc.insecure_channel(self.server.address)
         self.stub = export_task_pb2_grpc.ExportTaskServiceStub(self.channel)
