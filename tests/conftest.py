@@ -193,7 +193,7 @@ def invalid_argument(fn, field: str, error_code: str = "IOTDA.000006") -> RpcFai
 def store_snapshot(server: ServerThread, project_id: str) -> dict:
     """Everything the store holds for one project: rows of export tasks, batch tasks and sub-tasks, the
     download limits and recorded request ids (to show that a refused call changed nothing)."""
-    c = server.store.reader().c
+    c = server.store.reader().conn  # a SQLite server
 
     def rows(q, args=()):
         return [tuple(r) for r in c.execute(q, args).fetchall()]

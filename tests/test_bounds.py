@@ -556,7 +556,7 @@ def test_a_record_larger_than_the_budget_still_gets_a_page_of_its_own(server, ch
     normal = [create(user).task_id for _ in range(3)]
     big = seed_batch_task(server.store, user.project_id, "", 1, seed=11)
     with server.store.transaction() as tx:
-        tx.c.execute("UPDATE batch_tasks SET task_type = 'createCommands', document = ? WHERE task_id = ?",
+        tx.conn.execute("UPDATE batch_tasks SET task_type = 'createCommands', document = ? WHERE task_id = ?",
                      (json.dumps({"a": "x" * (rules.LIST_PAGE_BUDGET_BYTES + 100_000)}), big))
     pages_seen, marker = [], ""
     while True:

@@ -277,7 +277,7 @@ def test_kill_9_the_embedded_server_repeatedly_loses_nothing(tmp_path):
             stub = epb_grpc.ExportTaskServiceStub(channel)
 
             def all_finished():
-                rows = store.reader().c.execute(
+                rows = store.reader().conn.execute(
                     "SELECT count(*) FROM export_tasks WHERE status = 'Processing'").fetchone()[0]
                 return rows == 0
 
@@ -296,7 +296,7 @@ def test_kill_9_the_embedded_server_repeatedly_loses_nothing(tmp_path):
     sampler.join(5)
 
     sizes = {b: n for lst in batches.values() for b, n in lst}
-    tasks = {r[0]: (r[1], r[2], r[3], r[4], sizes[r[5]]) for r in store.reader().c.execute(
+    tasks = {r[0]: (r[1], r[2], r[3], r[4], sizes[r[5]]) for r in store.reader().conn.execute(
         "SELECT export_task_id, status, status_desc, export_count, run_state, batch_task_id FROM export_tasks")}
     store.close()
     figures = check_final(tasks, creator.acked, files_dir)

@@ -92,7 +92,7 @@ def store_task(server, export_task_id) -> ExportTask | None:
 
 
 def owner_task_ids(server, user) -> set[str]:
-    c = server.store.reader().c
+    c = server.store.reader().conn  # a SQLite server
     return {r[0] for r in c.execute("SELECT export_task_id FROM export_tasks WHERE owner = ?", (owner(user),))}
 
 

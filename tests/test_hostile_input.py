@@ -41,8 +41,7 @@ TEXT = st.one_of(TRICKY, st.text(max_size=300), st.text(alphabet=string.hexdigit
 
 def state(server) -> tuple:
     """What a refused request must not change."""
-    r = server.store.reader()
-    c = r.c
+    c = server.store.reader().conn
     return tuple(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                  for t in ("export_tasks", "batch_tasks", "subtasks", "principals", "download_limits"))
 

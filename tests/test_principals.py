@@ -36,6 +36,7 @@ from iotda_export_server.runner.worker import run_export
 from iotda_export_server.store import open_store
 from iotda_export_server.store import postgres as pg_store
 from iotda_export_server.store import sqlite as sqlite_store
+from iotda_export_server.store.records import EXPORT_COLUMNS, SchemaError
 from iotda_export_server.testing import ServerThread
 
 Code = grpc.StatusCode
@@ -73,8 +74,10 @@ class Backend:
         return flags + (["--database", self.db.url] if self.db else [])
 
     def rows_owned_by(self, principal_id: str) -> dict[str, int]:
-        c = self.store.reader().c
-        return {table: c.execute(f"SELECT count(*) FROM {table} WHERE owner = ?", (principal_id,)).fetchone()[0]
+        c = self.store.reader().conn
+        placeholder = "%s" if self.db else "?"
+        return {table: c.execute(f"SELECT count(*) FROM {table} WHERE owner = {placeholder}",
+                                 (principal_id,)).fetchone()[0]
                 for table in ("export_tasks", "export_requests", "download_limits")}
 
     def run_queued(self) -> int:
@@ -303,7 +306,7 @@ def test_the_gateway_vouches_by_id_so_a_re_added_name_is_not_the_old_principal(b
 TOKENS = {"alice": "a" * 64, "bob": "b" * 64}
 V1_COLUMNS = {
     "principals": '"user", project_id, enterprise_project_id, token_sha256, ak, sk, policy, created_at',
-    "export_tasks": sqlite_store.EXPORT_COLUMNS.replace(", file_key", ""),  # file_key came with version 5
+    "export_tasks": ", ".join(EXPORT_COLUMNS).replace(", file_key", ""),  # file_key came with version 5
     "export_requests": "owner, request_id, export_task_id, created_at",
     "download_limits": "owner, last_at, export_task_id, file_generation",
 }
@@ -350,7 +353,7 @@ def test_a_sqlite_database_of_an_earlier_version_migrates_owners_to_ids(tmp_path
                 db.execute(f"INSERT INTO {table} ({V1_COLUMNS[table]}) VALUES ({', '.join('?' * len(row))})", row)
     store = open_store(data)
     assert store.schema_version() == sqlite_store.migrations()[-1][0] == 5
-    ids = _check_migrated(lambda q: [tuple(r) for r in store.reader().c.execute(q).fetchall()])
+    ids = _check_migrated(lambda q: [tuple(r) for r in store.reader().conn.execute(q).fetchall()])
     store.close()
 
     # The server runs on it: alice's token sees alice's two tasks, under their old ids.
@@ -380,7 +383,7 @@ def test_a_postgres_database_of_an_earlier_version_migrates_owners_to_ids(tmp_pa
                     conn.execute(f"INSERT INTO {table} ({V1_COLUMNS[table]}) VALUES ({', '.join(['%s'] * len(row))})",
                                  row)
         # A server refuses the old schema until it is migrated.
-        with pytest.raises(sqlite_store.SchemaError, match=f"version {from_version}, this server needs 5"):
+        with pytest.raises(SchemaError, match=f"version {from_version}, this server needs 5"):
             open_store(tmp_path, db.url, migrate=False)
         store = open_store(tmp_path, db.url, migrate=True)
         assert store.check_schema() == 5
@@ -397,10 +400,10 @@ def test_the_principal_id_is_required_and_unique_on_sqlite(tmp_path):
     store = open_store(tmp_path)
     creds = add_principal(store, "first", "proj")
     with pytest.raises(sqlite3.IntegrityError):
-        store.reader().c.execute('INSERT INTO principals ("user", project_id, enterprise_project_id, token_sha256,'
+        store.reader().conn.execute('INSERT INTO principals ("user", project_id, enterprise_project_id, token_sha256,'
                                  " ak, sk, policy, created_at) VALUES ('x', 'p', '0', 't', 'ak', 'sk', '{}', 0)")
     with pytest.raises(sqlite3.IntegrityError):
-        store.reader().c.execute('INSERT INTO principals ("user", principal_id, project_id, enterprise_project_id,'
+        store.reader().conn.execute('INSERT INTO principals ("user", principal_id, project_id, enterprise_project_id,'
                                  " token_sha256, ak, sk, policy, created_at) VALUES ('y', ?, 'p', '0', 't2', 'ak2',"
                                  " 'sk', '{}', 0)", (creds["principal_id"],))
     store.close()

@@ -268,21 +268,22 @@ def test_empty_task_and_stopped_export_leave_no_cursor(each_store, tmp_path: Pat
         raise Stop()
 
     from iotda_export_server.runner import worker
+    from iotda_export_server.store.postgres import PgStore
 
     with each_store.snapshot() as snap:
         with XlsZipWriter(tmp_path / "stopped.zip", INNER) as writer:
             with pytest.raises(Stop):
                 worker.write_subtasks(snap, task_id, writer, stop)
         # The same snapshot goes on after a stopped read: its cursor is gone, not left open.
-        if each_store.dialect == "postgresql":
-            assert snap.c.execute("SELECT count(*) FROM pg_cursors").fetchone()[0] == 0
+        if isinstance(each_store, PgStore):
+            assert snap.conn.execute("SELECT count(*) FROM pg_cursors").fetchone()[0] == 0
         assert snap.count_subtasks(task_id) == 5000
 
 
 @pytest.mark.parametrize("each_store", ["postgresql"], indirect=True)
 def test_postgres_snapshot_is_repeatable_read_and_read_only(each_store) -> None:
     with each_store.snapshot() as snap:
-        settings = snap.c.execute("SELECT current_setting('transaction_isolation'),"
+        settings = snap.conn.execute("SELECT current_setting('transaction_isolation'),"
                                   " current_setting('transaction_read_only')").fetchone()
         assert tuple(settings) == ("repeatable read", "on")
 
@@ -327,7 +328,7 @@ def test_postgres_connection_lost_mid_read_is_the_database_error(each_store, tmp
     task_id = seed_rows(each_store, stored_rows(20_000, seed=25), seed=25)
     with pytest.raises(psycopg.OperationalError) as raised:  # out of the snapshot, as in run_export
         with each_store.snapshot() as snap:
-            pid = snap.c.execute("SELECT pg_backend_pid()").fetchone()[0]
+            pid = snap.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
 
             def cut_after_first_block(done: int) -> None:
                 if done == worker.READ_BATCH_ROWS:

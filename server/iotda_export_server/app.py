@@ -227,10 +227,10 @@ class ExportServer:
         # The gateway vouches for callers it authenticated by AK/SK with a key only this process knows.
         front_end_key = secrets.token_hex(32)
         authenticator = auth.Authenticator(store, front_end_key)
-        self.servicers = (ExportTaskServicer(store, authenticator, metrics, exports, hub,
+        self.servicers = (ExportTaskServicer(authenticator, metrics, exports, hub,
                                              self.config.max_watch_streams_per_user,
                                              self.config.max_downloads_per_user),
-                          BatchTaskServicer(store, authenticator, metrics, BatchService(store)))
+                          BatchTaskServicer(authenticator, metrics, BatchService(store)))
         for servicer in self.servicers:  # only a client CA's verified certificates name a principal
             servicer.client_certs = grpc_tls is not None and grpc_tls.requires_client_cert
         hop_address = None
@@ -248,10 +248,12 @@ class ExportServer:
             from .transport.gateway import Gateway
             from .transport.probes import Readiness
             from .transport.web import Pages
+            readiness = Readiness(check_database=store.check_reachable, schema_version=store.schema_version(),
+                                  files=files)
             # The gateway's calls go over the private socket (the vouching key never crosses a network).
             self.gateway = Gateway(hop_address, [
                 d.services_by_name[n] for d, n in SERVICE_DESCRIPTORS], authenticator, front_end_key,
-                MAX_MESSAGE_BYTES, metrics, self.config.http_limits, Pages(Readiness(store, files)),
+                MAX_MESSAGE_BYTES, metrics, self.config.http_limits, Pages(readiness),
                 client_certs=http_tls is not None and http_tls.requires_client_cert)
             http_host, http_port = self.config.http_addr.rsplit(":", 1)
             self.http_port = await self.gateway.start(http_host.strip("[]"), int(http_port),

@@ -1,5 +1,6 @@
 """The whole server in-process, for tests and benchmarks: gRPC (and HTTP) on free ports, real
-worker processes, state in a data directory or the given database."""
+worker processes, state in a data directory or the given database. And, for unit tests of the
+domain rules without any of that, the store contract in memory (InMemoryStore, store/memory.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import threading
 
 from .app import ExportServer
 from .config import LogConfig, ServerConfig, StateConfig
+from .store.memory import InMemoryStore
+
+__all__ = ["InMemoryStore", "ServerThread"]
 
 
 class ServerThread:

@@ -91,6 +91,8 @@ class ExportService:
         self.store = store
         self.files = files
         self.clock = clock
+        # Its point reads (get, list) cost less than a thread hop: the transport may run them inline.
+        self.point_reads_inline = store.cheap_point_reads
         # Called with an export_task_id after a change this process made (wakes watchers and workers).
         self.on_change = on_change or (lambda _id: None)
 

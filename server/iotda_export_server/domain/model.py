@@ -1,8 +1,8 @@
-"""Plain records the domain works with; the store reads and writes them, the transport renders them."""
+"""Plain records the domain works with; the store reads and writes them (mapping its rows to them
+itself: store/records.py), the transport renders them."""
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,22 +102,6 @@ class BatchTask:
     create_time: int
     progress: TaskProgress = field(default_factory=TaskProgress)
 
-    @classmethod
-    def from_row(cls, row: Any, progress: TaskProgress | None = None) -> "BatchTask":
-        def js(v):
-            return None if v is None else json.loads(v)
-
-        return cls(
-            task_id=row["task_id"], project_id=row["project_id"], instance_id=row["instance_id"],
-            app_id=row["app_id"], task_name=row["task_name"], task_type=row["task_type"],
-            task_mode=row["task_mode"], need_confirm=bool(row["need_confirm"]),
-            task_ext_info=js(row["task_ext_info"]), targets=json.loads(row["targets"]),
-            targets_filter=js(row["targets_filter"]), document=js(row["document"]),
-            task_policy=js(row["task_policy"]), document_source=row["document_source"],
-            status=row["status"], status_desc=row["status_desc"], create_time=row["create_time"],
-            progress=progress or TaskProgress(),
-        )
-
 
 @dataclass
 class Subtask:
@@ -194,20 +178,6 @@ class Principal:
 
     def policy_json(self) -> str:
         return json.dumps({"Version": "1.1", "Statement": [s.to_json() for s in self.statements]})
-
-    @classmethod
-    def from_row(cls, row: Any) -> "Principal":
-        return cls(user=row["user"], principal_id=row["principal_id"], project_id=row["project_id"],
-                   enterprise_project_id=row["enterprise_project_id"], ak=row["ak"], sk=row["sk"],
-                   statements=list(_policy_statements(row["policy"])), created_at=row["created_at"],
-                   client_cert_subject=row["client_cert_subject"], client_cert_san=row["client_cert_san"])
-
-
-@functools.lru_cache(maxsize=1024)
-def _policy_statements(policy_text: str) -> tuple[Statement, ...]:
-    """A policy's statements (immutable), parsed once per distinct text: every call authenticates."""
-    policy = json.loads(policy_text)
-    return tuple(Statement.from_json(s) for s in policy.get("Statement", []))
 
 
 @dataclass(frozen=True)

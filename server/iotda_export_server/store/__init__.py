@@ -1,10 +1,13 @@
-"""State: SQLite under the data directory (the embedded default) or a shared PostgreSQL."""
+"""State: SQLite under the data directory (the embedded default) or a shared PostgreSQL, both
+keeping the store contract (store/contract.py)."""
 
 from __future__ import annotations
 
 import os
 import pathlib
 import sys
+
+from .contract import Store
 
 
 def is_postgres(database: str | None) -> bool:
@@ -18,7 +21,7 @@ def database_unavailable(exc: BaseException) -> bool:
     return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
-def open_store(data_dir: str | os.PathLike, database: str | None = None, migrate: bool = True):
+def open_store(data_dir: str | os.PathLike, database: str | None = None, migrate: bool = True) -> Store:
     """SQLite in `data_dir` (migrated on open: the embedded default needs no set-up step), or the
     PostgreSQL at `database`, whose schema `iotda-export migrate` applies and every process checks."""
     if is_postgres(database):

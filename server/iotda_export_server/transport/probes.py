@@ -1,9 +1,10 @@
 """HTTP probes beside gRPC health: `/healthz` (the process answers) and `/readyz` (it can work: the
 database answers a read and the result files' directory is there, or their object store's bucket answers).
 
-The readiness check opens a fresh connection each time (the process's own connections may hide a
-database file moved away, or be the last ones a server still serves) and reads the schema version
-the server started with; it never writes. The port is public and the probe anonymous, so:
+The database check is the store's (`Store.check_reachable`, given by the wiring in app.py): it opens
+a fresh connection each time (the process's own connections may hide a database file moved away, or
+be the last ones a server still serves) and reads the schema version, which must be the one the
+server started with; it never writes. The port is public and the probe anonymous, so:
 - at most one check runs at a time (callers arriving meanwhile share its answer) and an answer is
   reused for `CACHE_SECONDS`: a flood of probes opens at most one connection per second;
 - an answer that takes longer than `TIMEOUT_SECONDS` is "not ready" (the check goes on in its thread
@@ -20,10 +21,9 @@ import errno
 import logging
 import os
 import pathlib
-import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from aiohttp import web
 
@@ -31,9 +31,6 @@ log = logging.getLogger("iotda_export.probes")
 
 TIMEOUT_SECONDS = 3.0
 CACHE_SECONDS = 1.0
-# Bounds of the check's own connection (PostgreSQL's connect_timeout is whole seconds, at least 2).
-CONNECT_TIMEOUT_SECONDS = 2
-STATEMENT_TIMEOUT_MS = 2000
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
@@ -61,12 +58,13 @@ class Verdict:
 class Readiness:
     """`await readiness.response()`: 200 when ready, else 503, both with a JSON body."""
 
-    def __init__(self, store, files):
-        self.store = store
+    def __init__(self, check_database: Callable[[], int], schema_version: int, files):
+        # Blocking: the schema version read on a fresh connection, or what reaching it raised.
+        self.check_database = check_database
+        self.schema_version = schema_version  # what this server started with
         # A local directory (ResultFiles.dir), checked here; else an object store that checks itself.
         self.files = files
         self.files_dir = pathlib.Path(files.dir) if getattr(files, "dir", None) is not None else None
-        self.schema_version = store.schema_version()  # what this server started with
         self._last: Verdict | None = None
         self._running: asyncio.Future | None = None
         self._was_ready = True
@@ -112,29 +110,13 @@ class Readiness:
 
     def _database(self, details: dict[str, str]) -> str:
         try:
-            version = self._read_schema_version()
+            version = self.check_database()
         except Exception as exc:  # noqa: BLE001 - any failure is the answer, named by its class
             details["database"] = _one_line(exc)
             return f"unreachable ({type(exc).__name__})"
         if version != self.schema_version:
             return f"schema version {version}, this server runs {self.schema_version}"
         return "ok"
-
-    def _read_schema_version(self) -> int:
-        query = "SELECT coalesce(max(version), 0) FROM schema_migrations"
-        if self.store.dialect == "sqlite":
-            # mode=rw: never creates the file (a missing database is a failure, not a new empty one).
-            conn = sqlite3.connect(f"file:{quote(self.store.path)}?mode=rw", uri=True,
-                                   timeout=STATEMENT_TIMEOUT_MS / 1000)
-            try:
-                return conn.execute(query).fetchone()[0]
-            finally:
-                conn.close()
-        import psycopg
-        with psycopg.connect(self.store.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                             options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-                             application_name="iotda-export-readyz") as conn:
-            return conn.execute(query).fetchone()[0]
 
     def _files(self, details: dict[str, str]) -> str:
         if self.files_dir is None:

@@ -60,8 +60,7 @@ def bearer_token(md: dict[str, str]) -> str:
 class Handlers:
     """What every servicer shares: authentication and the call wrappers."""
 
-    def __init__(self, store, authenticator: auth.Authenticator, metrics: Metrics):
-        self.store = store
+    def __init__(self, authenticator: auth.Authenticator, metrics: Metrics):
         self.authenticator = authenticator
         self.metrics = metrics
         # Set when the server starts stopping: a stream cut from then on was cut by the shutdown,
@@ -115,15 +114,16 @@ class Handlers:
     async def _call(self, operation: str, request, context, work, *, http_code: int | None = None,
                     point_reads: bool = False):
         """A unary RPC: `work(caller) -> response` runs with the authentication in one worker thread
-        (under load the thread hops, not the reads, cost most), or, when it does only a few point
-        reads of a store that serves them locally (SQLite), right here on the event loop."""
+        (under load the thread hops, not the reads, cost most), or right here on the event loop when
+        `point_reads`: it does only a few point reads, and the domain says they are cheaper than a
+        hop (a local SQLite)."""
         md = _metadata(context)
         request_id = self._begin(md)
         started = self._started("unary", operation)
         code = "OK"
         cert = self._client_cert(context)
         try:
-            if point_reads and self.store.fast_local_reads:
+            if point_reads:
                 response = work(self._authorize(md, request.project_id, operation, cert))
             else:
                 response = await _in_thread(lambda: work(self._authorize(md, request.project_id, operation, cert)))
@@ -207,10 +207,10 @@ async def _in_thread(fn):
 class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
     SERVICE = epb.DESCRIPTOR.services_by_name["ExportTaskService"].full_name
 
-    def __init__(self, store, authenticator, metrics: Metrics, exports: ExportService, hub: ProgressHub,
+    def __init__(self, authenticator, metrics: Metrics, exports: ExportService, hub: ProgressHub,
                  max_watch_streams_per_user: int = rules.MAX_WATCH_STREAMS_PER_USER,
                  max_downloads_per_user: int = rules.MAX_DOWNLOADS_PER_USER):
-        super().__init__(store, authenticator, metrics)
+        super().__init__(authenticator, metrics)
         self.exports = exports
         self.hub = hub
         self.watch_slots = ConcurrencyLimiter(
@@ -235,13 +235,14 @@ class ExportTaskServicer(Handlers, epb_grpc.ExportTaskServiceServicer):
                                             item_size=rendered.size)
             return epb.ListExportTasksResponse(export_tasks=[rendered.get(t) for t in tasks],
                                                page=render.page(page))
-        return await self._call("ListExportTasks", request, context, work, point_reads=True)
+        return await self._call("ListExportTasks", request, context, work,
+                                point_reads=self.exports.point_reads_inline)
 
     async def GetExportTask(self, request, context):
         def work(caller):
             task = self.exports.get(caller, request.export_task_id)
             return epb.GetExportTaskResponse(export_task=render.export_task(task))
-        return await self._call("GetExportTask", request, context, work, point_reads=True)
+        return await self._call("GetExportTask", request, context, work, point_reads=self.exports.point_reads_inline)
 
     async def DeleteExportTask(self, request, context):
         def work(caller):
@@ -360,8 +361,8 @@ def _watch_event(topic, heartbeat: bool) -> bytes:
 class BatchTaskServicer(Handlers, bpb_grpc.BatchTaskServiceServicer):
     SERVICE = bpb.DESCRIPTOR.services_by_name["BatchTaskService"].full_name
 
-    def __init__(self, store, authenticator, metrics: Metrics, batches: BatchService):
-        super().__init__(store, authenticator, metrics)
+    def __init__(self, authenticator, metrics: Metrics, batches: BatchService):
+        super().__init__(authenticator, metrics)
         self.batches = batches
 
     async def CreateBatchTask(self, request, context):
