@@ -15,7 +15,7 @@ from iotda_export_server.domain.batches import BatchService, CreateBatchRequest,
 from iotda_export_server.domain.errors import (BatchTaskNotFound, ExportTaskNotFound, FailedPrecondition,
                                                InvalidArgument, QuotaExceeded, RateLimited)
 from iotda_export_server.domain.exports import CreateExportRequest, ExportJobs, ExportService, ListExportFilter
-from iotda_export_server.domain.model import Caller
+from iotda_export_server.domain.model import Caller, ResourceCondition
 from iotda_export_server.store.memory import InMemoryStore
 
 FILE = b"PK" + bytes(998)  # a published result file of 1000 bytes
@@ -59,7 +59,7 @@ class Rig:
     def create(self, caller: Caller, batch_task_id: str, request_id: str = "", app_type: str = ""):
         self.now[0] += 1
         return self.service.create(caller, CreateExportRequest(
-            resource_type=rules.RESOURCE_TYPE_BATCH_TASK, task_id=batch_task_id, has_resource_condition=True,
+            resource_type=rules.RESOURCE_TYPE_BATCH_TASK, resource_condition=ResourceCondition(batch_task_id),
             export_format="", app_type=app_type, app_id="", request_id=request_id))
 
     def finish(self, export_task_id: str) -> None:
@@ -85,7 +85,7 @@ def test_at_most_five_unfinished_exports_per_user(rig) -> None:
         rig.create(alice, rig.batch())
     assert refused.value.quota_id == "unfinished-export-tasks-per-user"
     assert rig.create(bob, rig.batch()).unfinished  # another user's quota
-    first = rig.service.list(alice, ListExportFilter("", "", "", ""), 50, 0, "")[0][-1]
+    first = rig.service.list(alice, ListExportFilter("", None, "", ""), 50, 0, "")[0][-1]
     rig.finish(first.export_task_id)
     assert rig.create(alice, rig.batch()).unfinished  # a slot is free again
 
@@ -174,7 +174,7 @@ def test_tasks_are_visible_to_their_owner_in_their_instance_only(rig) -> None:
             rig.service.cancel(stranger, task.export_task_id)
         with pytest.raises(ExportTaskNotFound):
             rig.service.delete(stranger, task.export_task_id)
-        assert rig.service.list(stranger, ListExportFilter("", "", "", ""), 50, 0, "")[0] == []
+        assert rig.service.list(stranger, ListExportFilter("", None, "", ""), 50, 0, "")[0] == []
     assert rig.service.cancel(alice, task.export_task_id).status == rules.STATUS_FAILED
     rig.service.delete(alice, task.export_task_id)
     assert rig.store.reader().export_task(task.export_task_id) is None
