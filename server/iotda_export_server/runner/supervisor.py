@@ -18,7 +18,7 @@ import sys
 import time
 
 from ..domain import rules
-from ..domain.exports import ExportJobs
+from ..domain.jobs import ExportJobs
 from .worker import WorkerConfig
 
 log = logging.getLogger("iotda_export.supervisor")
