@@ -11,11 +11,12 @@ HTTP_ADDR ?= 127.0.0.1:8080
 
 .PHONY: run test fuzz mutate venv protos check-protos lint breaking clean bench openapi browser console-screenshot
 
-## Both distributions, editable: the client (client/pyproject.toml) and the server that depends on it.
-$(STAMP): pyproject.toml client/pyproject.toml
+## The three distributions, editable: the generated stubs (api/pyproject.toml), the client
+## (client/pyproject.toml) and the server that depends on both. The client alone: pip install ./api ./client.
+$(STAMP): pyproject.toml api/pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./api -e ./client -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -64,7 +65,7 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-## Regenerate the Python stubs from protos/ (commit the result).
+## Regenerate the Python stubs in api/ from protos/ (commit the result).
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
@@ -89,4 +90,4 @@ breaking: $(STAMP)
 	$(BIN)/python scripts/check_breaking.py
 
 clean:
-	rm -rf $(VENV) build client/build *.egg-info client/*.egg-info server/*.egg-info
+	rm -rf $(VENV) build api/build client/build *.egg-info api/*.egg-info client/*.egg-info server/*.egg-info

@@ -30,7 +30,7 @@ from bench.common import ROOT, machine
 from bench.export_bench import Figure
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
-os.environ.setdefault("IOTDA_EXPORT_LOG_LEVEL", "WARNING")  # the worker processes of the server figures
+os.environ.setdefault("IOTDA_EXPORT_LOG_LEVEL", "WARNING")  # the `serve` commands the recovery figures start
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -30,7 +30,7 @@ def _sha256_file(path: str) -> str:
 def fast(data_dir: str, task_id: str) -> dict:
     from iotda_export_server.runner.worker import READ_BATCH_ROWS, _fixed_mmap_threshold, write_subtasks
     from iotda_export_server.store.files import LocalUpload
-    from iotda_export_server.runner.xls_writer import XlsZipWriter
+    from iotda_export_server.runner.xls import XlsZipWriter
     from iotda_export_server.store import open_store
 
     _fixed_mmap_threshold()  # as worker_main does
@@ -66,12 +66,13 @@ def s3(data_dir: str, task_id: str, files_url: str) -> dict:
     """The worker's path with the zip streamed into a multipart upload (store/s3files.py), completed;
     the object is deleted afterwards. Credentials and endpoint from the AWS_* variables."""
     from iotda_export_server.runner.worker import READ_BATCH_ROWS, write_subtasks
-    from iotda_export_server.runner.xls_writer import XlsZipWriter
+    from iotda_export_server.config import FilesConfig
+    from iotda_export_server.runner.xls import XlsZipWriter
     from iotda_export_server.store import open_store
     from iotda_export_server.store.files import open_files
 
     store = open_store(data_dir)
-    files = open_files(data_dir, files_url)
+    files = open_files(FilesConfig(url=files_url), data_dir)
     cpu = time.process_time()
     start = time.perf_counter()
     with store.snapshot() as snap:
@@ -96,7 +97,7 @@ def s3(data_dir: str, task_id: str, files_url: str) -> dict:
 
 
 def naive(data_dir: str, task_id: str) -> dict:
-    from iotda_export_server.runner.xls_writer import reference_xls
+    from iotda_export_server.runner.xls.reference import reference_xls
     from iotda_export_server.store import open_store
 
     store = open_store(data_dir)

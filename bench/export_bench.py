@@ -133,7 +133,7 @@ def profile(data, top: int = 25) -> str:
     except ImportError:
         return "(pyinstrument is not installed: `pip install -e '.[dev]'`)"
     from iotda_export_server.runner.worker import READ_BATCH_ROWS, write_subtasks
-    from iotda_export_server.runner.xls_writer import XlsZipWriter
+    from iotda_export_server.runner.xls import XlsZipWriter
     from iotda_export_server.store import open_store
 
     store = open_store(data.data_dir)

@@ -106,10 +106,13 @@ class Api:
 
     def start_workers(self, count: int) -> None:
         # Export workers as the server would spawn them; they poll for queued exports every 0.25 s.
+        from iotda_export_server.config import FilesConfig, LogConfig, StateConfig, WorkerConfig
+        from iotda_export_server.runner.supervisor import spawn_worker
+        config = WorkerConfig(StateConfig(self.data_dir), FilesConfig().resolved(self.data_dir), LogConfig("WARNING"))
         for i in range(count):
-            self.workers.append(_popen("-m", "iotda_export_server.runner.worker", "--data-dir", self.data_dir,
-                                       "--worker-id", f"bench-{i}", "--parent-pid", str(os.getpid()),
-                                       log=os.path.join(self.data_dir, f"worker-{i}.log")))
+            with open(os.path.join(self.data_dir, f"worker-{i}.log"), "ab") as out:
+                self.workers.append(spawn_worker(config, f"bench-{i}", cwd=ROOT, env=_env(), stdout=out,
+                                                 stderr=subprocess.STDOUT))
 
     def create(self, task_id: str) -> str:
         from iotda.export.v1 import export_task_pb2 as epb

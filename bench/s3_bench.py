@@ -37,6 +37,7 @@ def _read_all(f, chunk: int) -> tuple[int, str]:
 
 
 def run(base_dir: str, smoke: bool, runs: int, rows: int, rss_rows: int, rss_limit_mb: float) -> list[Figure]:
+    from iotda_export_server.config import FilesConfig
     from iotda_export_server.domain import rules
     from iotda_export_server.store.files import open_files
 
@@ -76,8 +77,8 @@ def run(base_dir: str, smoke: bool, runs: int, rows: int, rss_rows: int, rss_lim
              f" {rss_runs[0]['zip_bytes']:,} B; {median([r['rows'] / r['seconds'] for r in rss_runs]):,.0f} rows/s"])
 
         # Download: one object in the bucket and the same bytes in a local directory.
-        files = open_files(base_dir, files_url)
-        local_files = open_files(base_dir, files_dir=os.path.join(base_dir, "s3-local-files"))
+        files = open_files(FilesConfig(url=files_url), base_dir)
+        local_files = open_files(FilesConfig(dir=os.path.join(base_dir, "s3-local-files")), base_dir)
         payload = os.urandom(1 << 20) * (4 if smoke else 64)
         upload = files.begin("e" * 24, "download")
         for i in range(0, len(payload), 1 << 20):

@@ -44,6 +44,7 @@ class _Side:
 
 
 def _open(base: str, name: str, rows: int, db) -> _Side:
+    from iotda_export_server.config import FilesConfig
     from iotda_export_server.domain.batches import seed_batch_task
     from iotda_export_server.store import open_store
 
@@ -53,7 +54,7 @@ def _open(base: str, name: str, rows: int, db) -> _Side:
     config = {}
     if db is not None:
         open_store(os.path.join(base, "migrate"), db.url, migrate=True).close()
-        config = {"database": db.url, "files_dir": os.path.join(base, f"{name}-files")}
+        config = {"database": db.url, "files": FilesConfig(dir=os.path.join(base, f"{name}-files"))}
     server = ServerThread(data_dir, workers=1, **config)
     client = Client(server, project_id="c" * 32)
     started = time.perf_counter()

@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from iotda_export_server.domain.batches import seed_batch_task  # noqa: E402
+from iotda_export_server.runner.supervisor import spawn_worker  # noqa: E402
 from iotda_export_server.testing import ServerThread  # noqa: E402
 
 
@@ -60,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     server = ServerThread(tmp / "data", workers=0, http_addr="127.0.0.1:0")
     creds, port = server.admin, server.http_port
     tasks = [seed_batch_task(server.store, creds["project_id"], "", n, seed=n) for n in (30000, 65600, 120000)]
-    worker = subprocess.Popen([sys.executable, "-m", "iotda_export_server.runner.worker", "--data-dir",
-                               server.data_dir, "--worker-id", "screenshot", "--parent-pid", str(os.getpid())])
+    worker = spawn_worker(server.config.worker_config(), "screenshot")
     driver = None
     try:
         done = [call(port, creds, "POST", "/export-tasks", {"resource_type": "BatchTask",

@@ -41,7 +41,7 @@ import tokenize
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "configuration.md"
-for _path in (ROOT / "client", ROOT / "server"):  # works from a checkout even before `pip install -e`
+for _path in (ROOT / "api", ROOT / "client", ROOT / "server"):  # works from a checkout even before `pip install -e`
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
@@ -63,8 +63,9 @@ ENV_VARS: dict[str, str] = {
     "IOTDA_EXPORT_DATA_DIR": "Default `--data-dir` of the server-side commands (SQLite database,"
                              " credentials.json, result files); built-in default ./data.",
     "IOTDA_EXPORT_DATABASE": "Default `--database`: a postgresql:// URL shares state between replicas;"
-                             " unset: SQLite in the data directory. The server also hands the URL to its"
-                             " export worker processes through this variable (never on their command line).",
+                             " unset: SQLite in the data directory. The server hands the URL to its export"
+                             " worker processes on their stdin (never on their command line or in their"
+                             " environment).",
     "IOTDA_EXPORT_FILES_DIR": "Default `--files-dir`: the result files; with several replicas a directory they"
                               " all share. Unset: <data-dir>/files.",
     "IOTDA_EXPORT_FILES_URL": "Default `--files-url`: the result files as file:///path (a local directory) or"
@@ -114,13 +115,13 @@ OTHER_VALUES: list[tuple[str, str]] = [
     ("iotda_export_server.transport.http_server:HttpLimits.lingering_seconds",
      "HTTP: after refusing an authenticated request whose body it did not read, the rest of the body is"
      " discarded for this long (so the client reads the answer); anonymous ones are closed at once."),
-    ("iotda_export_server.app:ServerConfig.watch_poll_seconds",
+    ("iotda_export_server.config:ServerConfig.watch_poll_seconds",
      "WatchProgress backstop: watched tasks are re-read this often even without a change notice."),
-    ("iotda_export_server.app:ServerConfig.grace_seconds",
+    ("iotda_export_server.config:ServerConfig.grace_seconds",
      "On SIGTERM, calls in flight get this long to finish."),
     ("iotda_export_server.runner.supervisor:Supervisor(check_seconds)",
      "How often each process replaces dead export processes and requeues exports whose lease ran out."),
-    ("iotda_export_server.runner.worker:WorkerConfig.poll_seconds",
+    ("iotda_export_server.config:WorkerConfig.poll_seconds",
      "An idle export process looks at the queue this often (a new export wakes it sooner)."),
     ("iotda_export_server.runner.worker:READ_BATCH_ROWS",
      "Sub-task rows read from the store per block while exporting (PostgreSQL: per FETCH of its cursor,"
@@ -130,9 +131,9 @@ OTHER_VALUES: list[tuple[str, str]] = [
      " system when freed, so each export's peak memory is the first one's."),
     ("iotda_export_server.runner.worker:PROGRESS_EVERY_SECONDS",
      "A running export records its progress at most this often."),
-    ("iotda_export_server.runner.xls_writer:ROWS_PER_SHEET",
+    ("iotda_export_server.runner.xls.cells:ROWS_PER_SHEET",
      "Data rows per sheet; more rows continue on sheets task_details_2, task_details_3, ..."),
-    ("iotda_export_server.runner.xls_writer:MAX_CELL_CHARS",
+    ("iotda_export_server.runner.xls.cells:MAX_CELL_CHARS",
      "Longer cell texts are cut (the .xls format's limit)."),
     ("iotda_export_server.store.postgres:TASKS_CHANNEL",
      "PostgreSQL: the NOTIFY channel that carries the id of every changed export task."),

@@ -43,7 +43,7 @@ PROTOS = ROOT / "protos"
 PROTO_DIR = "iotda/export/v1"
 # The document for readers, and the copy the server ships and serves at /openapi.json.
 OUTPUTS = (ROOT / "docs" / "openapi.json", ROOT / "server" / "iotda_export_server" / "web" / "openapi.json")
-for _path in (ROOT / "client", ROOT / "server"):  # works from a checkout even before `pip install -e`
+for _path in (ROOT / "api", ROOT / "client", ROOT / "server"):  # works from a checkout even before `pip install -e`
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 

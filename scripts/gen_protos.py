@@ -1,6 +1,7 @@
-"""Generate the Python stubs of protos/iotda into client/ (one command: `make protos`).
+"""Generate the Python stubs of protos/iotda into api/, the iotda-export-api distribution that client
+and server share (one command: `make protos`).
 
-With --check, generate into a temporary folder and fail if client/ differs: CI runs it so that
+With --check, generate into a temporary folder and fail if api/ differs: CI runs it so that
 stale stubs never land. The google/api modules come from googleapis-common-protos at run time.
 """
 
@@ -16,7 +17,7 @@ from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-OUT = ROOT / "client"
+OUT = ROOT / "api"
 PACKAGE_DIR = pathlib.Path("iotda/export/v1")
 
 

@@ -169,7 +169,7 @@ def _enclosing(spans, line: int) -> str:
 
 
 def _copy_tree(dest: pathlib.Path) -> None:
-    for part in ("server", "client", "tests"):
+    for part in ("server", "api", "client", "tests"):
         shutil.copytree(ROOT / part, dest / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info",
                                                                              "node_modules"))
     shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
@@ -177,7 +177,7 @@ def _copy_tree(dest: pathlib.Path) -> None:
 
 def _env(copy: pathlib.Path) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(copy / "server"), str(copy / "client"),
+    env["PYTHONPATH"] = os.pathsep.join([str(copy / "server"), str(copy / "api"), str(copy / "client"),
                                          env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # a mutant's bytecode must never outlive it
     return env

@@ -122,10 +122,10 @@ os.environ.setdefault("IOTDA_EXPORT_LOG_LEVEL", "WARNING")
 
 import contextlib  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 from google.rpc import error_details_pb2  # noqa: E402
 from grpc_status import rpc_status  # noqa: E402
+from iotda_export_server.runner.supervisor import spawn_worker  # noqa: E402
 
 
 @dataclass
@@ -238,9 +238,7 @@ def manual_server(tmp_path):
 def worker_process(server: ServerThread):
     """A real export worker process (the one the supervisor spawns) on the server's data directory,
     stopped with SIGTERM on exit."""
-    p = subprocess.Popen([sys.executable, "-m", "iotda_export_server.runner.worker", "--data-dir",
-                          server.data_dir, "--worker-id", f"test-worker-{secrets.token_hex(3)}",
-                          "--parent-pid", str(os.getpid())], stdin=subprocess.DEVNULL)
+    p = spawn_worker(server.config.worker_config(), f"test-worker-{secrets.token_hex(3)}")
     try:
         yield p
     finally:

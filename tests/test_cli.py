@@ -22,7 +22,7 @@ import zipfile
 import pytest
 import xlrd
 
-from iotda_export_server.runner.xls_writer import HEADER
+from iotda_export_server.runner.xls import HEADER
 
 from conftest import wait_for
 

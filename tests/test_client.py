@@ -22,7 +22,7 @@ from iotda.export.v1 import export_task_pb2 as epb
 from iotda_export_client import (Credentials, CredentialsError, DownloadError, ExportApiError, ExportClient,
                                  ServerUnreachable, load_credentials)
 from iotda_export_server.domain.batches import seed_batch_task
-from iotda_export_server.runner.xls_writer import HEADER
+from iotda_export_server.runner.xls import HEADER
 
 
 def client_for(server, user, **kw) -> ExportClient:

@@ -31,6 +31,7 @@ from huaweicloudsdkiotda.v5 import IoTDAClient, ShowExportTaskRequest
 
 from conftest import make_user, rpc_failure, wait_for
 from iotda.export.v1 import export_task_pb2 as epb
+from iotda_export_server.config import FilesConfig
 from iotda_export_server.domain import errors
 from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.domain.exports import ExportService
@@ -313,7 +314,7 @@ def own_server(request, tmp_path):
     if request.param == "postgres":
         db = ps.TestDatabase().create()
         open_store(tmp_path / "migrate", db.url, migrate=True).close()
-        config = dict(database=db.url, files_dir=str(tmp_path / "files"))
+        config = dict(database=db.url, files=FilesConfig(dir=str(tmp_path / "files")))
     s = ServerThread(tmp_path / "data", workers=0, **config)
     try:
         with grpc.insecure_channel(s.address) as ch:

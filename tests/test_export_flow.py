@@ -10,7 +10,7 @@ import xlrd
 
 from conftest import seed_known
 from iotda.export.v1 import export_task_pb2 as epb
-from iotda_export_server.runner.xls_writer import HEADER
+from iotda_export_server.runner.xls import HEADER
 
 
 def create(user, task_id, **kw):

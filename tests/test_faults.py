@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ServerThread, make_user, wait_for
 from iotda.export.v1 import export_task_pb2 as epb
+from iotda_export_server.config import FilesConfig
 from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.store.sqlite import DB_FILE_NAME
 
@@ -40,7 +41,7 @@ def _final(user, export_task_id):
 
 
 def test_a_full_disk_fails_the_export_with_a_reason_and_keeps_earlier_files(tmp_path, small_disk):
-    server = ServerThread(tmp_path / "data", workers=1, files_dir=str(small_disk))
+    server = ServerThread(tmp_path / "data", workers=1, files=FilesConfig(dir=str(small_disk)))
     try:
         with grpc.insecure_channel(server.address) as channel:
             user = make_user(server, channel)

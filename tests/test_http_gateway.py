@@ -24,7 +24,7 @@ import xlrd
 from conftest import ServerThread, make_user, wait_for
 
 from iotda_export_server.domain.batches import seed_batch_task
-from iotda_export_server.runner.xls_writer import HEADER
+from iotda_export_server.runner.xls import HEADER
 
 HEX24 = re.compile(r"^[0-9a-f]{24}$")
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")

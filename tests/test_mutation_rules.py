@@ -17,10 +17,11 @@ from iotda_export_server.app import add_principal
 from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.domain.errors import (BatchTaskNotFound, DataLoss, ExportTaskNotFound, FailedPrecondition,
                                                InvalidArgument, OutOfRange, QuotaExceeded, RateLimited)
-from iotda_export_server.domain.exports import CreateExportRequest, ExportService
-from iotda_export_server.domain.model import Caller
+from iotda_export_server.domain.exports import CreateExportRequest, ExportService, ListExportFilter
+from iotda_export_server.domain.model import Caller, InvalidResourceCondition, ResourceCondition
 from iotda_export_server.store import open_store
 from iotda_export_server.store.files import ResultFiles
+from iotda_export_server.transport import render
 from test_rule_races import Rig
 
 # The seed's and the rules' numbers written out: a changed constant in rules.py must fail here.
@@ -41,7 +42,7 @@ def rig(tmp_path):
 
 
 def request(task_id="", **kw) -> CreateExportRequest:
-    base = dict(resource_type="BatchTask", task_id=task_id, has_resource_condition=True, export_format="",
+    base = dict(resource_type="BatchTask", resource_condition=ResourceCondition(task_id), export_format="",
                 app_type="", app_id="", request_id="")
     base.update(kw)
     return CreateExportRequest(**base)
@@ -97,7 +98,7 @@ def test_rules_are_the_documented_numbers():
     ({"resource_type": ""}, "resource_type"),
     ({"resource_type": "Device"}, "resource_type"),
     ({"resource_type": "Batch"}, "resource_type"),  # sorts before BatchTask: equality, not order
-    ({"has_resource_condition": False}, "resource_condition"),
+    ({"resource_condition": None}, "resource_condition"),
     ({"task_id": "XYZ"}, "resource_condition.task_id"),
     ({"export_format": "csv"}, "export_format"),
     ({"app_type": "app"}, "app_type"),
@@ -133,6 +134,45 @@ def test_validate_create_resolves_the_scope(rig):
     assert rig.service.validate_create(request("ab12", app_id="a-1")) == ("GLOBAL", None)
     assert rig.service.validate_create(request("ab12", app_type="GLOBAL", app_id="a-1")) == ("GLOBAL", None)
     assert rig.service.validate_create(request("ab12", request_id="r" * 64)) == ("GLOBAL", None)
+
+
+# -- list: the resource_condition filter ---------------------------------------------------------
+
+UNREADABLE = InvalidResourceCondition('must be JSON text like {"task_id":"<batch task id>"}')
+
+
+@pytest.mark.parametrize("text, condition", [
+    ("", None),
+    ("{}", None),  # no task_id: no filter
+    (' { "task_id" : "ab12" } ', ResourceCondition("ab12")),
+    ('{"task_id": "XYZ"}', ResourceCondition("XYZ")),  # the ID's own checks are the domain's
+    ("not json", UNREADABLE), ("[]", UNREADABLE), ("null", UNREADABLE), ('{"task_id": 5}', UNREADABLE),
+    ('{"task_id": "ab12", "other": "x"}', UNREADABLE), ("[" * 256, UNREADABLE),
+    ("{" * 257, InvalidResourceCondition(f"must be at most {rules.MAX_RESOURCE_CONDITION_CHARS} characters")),
+])
+def test_the_transport_reads_list_resource_condition_text_into_the_domain_value(text, condition):
+    assert render.resource_condition(text) == condition
+
+
+def test_list_reports_the_resource_condition_with_every_other_invalid_field(rig):
+    caller = rig.caller()
+    for condition, field, description in (
+            (UNREADABLE, "resource_condition", UNREADABLE.reason),
+            (ResourceCondition("XYZ"), "resource_condition.task_id", "must be 1-24 lowercase hex characters")):
+        with pytest.raises(InvalidArgument) as info:
+            rig.service.list(caller, ListExportFilter("Device", condition, "x", "a b"), None, None, "")
+        assert fields(info.value) == ["resource_type", field, "app_type", "app_id"]
+        assert info.value.violations[1].description == description
+
+
+def test_list_filters_by_the_resource_condition_task(rig):
+    caller = rig.caller()
+    a, b = rig.batch(caller, 2), rig.batch(caller, 3)
+    first = rig.service.create(caller, request(a))
+    rig.service.create(caller, request(b))
+    tasks, page = rig.service.list(caller, ListExportFilter("", ResourceCondition(a), "", ""), None, None, "")
+    assert [t.export_task_id for t in tasks] == [first.export_task_id] and page.count == 1
+    assert rig.service.list(caller, ListExportFilter("", None, "", ""), None, None, "")[1].count == 2
 
 
 # -- create: what is created, scope, idempotency -------------------------------------------------

@@ -27,11 +27,12 @@ from conftest import refused, rpc_failure, wait_for
 from iotda.export.v1 import export_task_pb2 as epb
 from iotda.export.v1 import export_task_pb2_grpc
 from iotda_export_server.app import add_principal
+from iotda_export_server.config import FilesConfig
 from iotda_export_server.domain import auth, errors
 from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.domain.exports import CreateExportRequest, ExportService
 from iotda_export_server.domain.jobs import ExportJobs
-from iotda_export_server.domain.model import Caller
+from iotda_export_server.domain.model import Caller, ResourceCondition
 from iotda_export_server.runner.worker import run_export
 from iotda_export_server.store import open_store
 from iotda_export_server.store import postgres as pg_store
@@ -54,7 +55,7 @@ class Backend:
         if kind == "postgres":
             self.db = ps.TestDatabase().create()
             open_store(tmp_path / "migrate", self.db.url, migrate=True).close()
-            config = dict(database=self.db.url, files_dir=str(tmp_path / "files"))
+            config = dict(database=self.db.url, files=FilesConfig(dir=str(tmp_path / "files")))
         self.server = ServerThread(tmp_path / "data", workers=0, **config)
         self.channel = grpc.insecure_channel(self.server.address)
         self.stub = export_task_pb2_grpc.ExportTaskServiceStub(self.channel)
@@ -200,13 +201,13 @@ def test_a_call_authenticated_before_the_removal_leaves_nothing_after_it(backend
     batch = seed_batch_task(b.store, "race-project", "", 4, seed=4)
     service = ExportService(b.store, b.files)
     caller = _caller(b.store, creds)  # authenticated
-    done = service.create(caller, CreateExportRequest("BatchTask", batch, True, "", "", "", "r1"))
+    done = service.create(caller, CreateExportRequest("BatchTask", ResourceCondition(batch), "", "", "", "r1"))
     b.run_queued()
     assert auth.remove_principal(b.store, b.files, creds["user"])  # removed before the calls' transactions
 
     with pytest.raises(errors.Unauthenticated):
-        service.create(caller, CreateExportRequest("BatchTask", seed_batch_task(b.store, "race-project", "", 2),
-                                                   True, "", "", "", "r2"))
+        service.create(caller, CreateExportRequest(
+            "BatchTask", ResourceCondition(seed_batch_task(b.store, "race-project", "", 2)), "", "", "", "r2"))
     with pytest.raises(errors.ExportTaskNotFound):
         service.admit_download(caller, done.export_task_id, 0, 0)
     assert b.rows_owned_by(creds["principal_id"]) == {"export_tasks": 0, "export_requests": 0,

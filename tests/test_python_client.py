@@ -108,25 +108,35 @@ def test_typed_errors_carry_the_code_and_the_request_id(live):
 
 
 def test_the_client_installs_and_exports_without_the_server_or_its_dependencies(live, tmp_path):
-    """`pip install ./client` into a fresh virtual environment (from a copy: a build writes next to
-    its sources), then its CLI and library export, watch and download against the live server."""
+    """`pip install ./api ./client` into a fresh virtual environment (from copies: a build writes next
+    to its sources), then its CLI and library export, watch and download against the live server."""
     _, server = live
-    source = tmp_path / "client"
-    shutil.copytree(ROOT / "client", source, ignore=shutil.ignore_patterns("node", "*.egg-info", "build",
-                                                                           "__pycache__"))
+    sources = []
+    for name in ("api", "client"):  # the stubs' distribution and the client, nothing of the server
+        sources.append(str(tmp_path / name))
+        shutil.copytree(ROOT / name, sources[-1], ignore=shutil.ignore_patterns("node", "*.egg-info", "build",
+                                                                                "__pycache__"))
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python, cli = env_dir / "bin" / "python", env_dir / "bin" / "iotda-export-client"
-    r = subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(source)], capture_output=True,
+    r = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *sources], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     installed = subprocess.run([str(python), "-m", "pip", "list", "--format", "json"], capture_output=True,
                                text=True, timeout=60)
     names = {p["name"].lower() for p in json.loads(installed.stdout)}
-    assert "iotda-export-client" in names
-    assert not names & {"aiohttp", "psycopg", "psycopg-binary", "xlwt", "prometheus-client", "iotda-export"}
-    r = subprocess.run([str(python), "-c", "import iotda_export_server"], capture_output=True, text=True)
-    assert r.returncode == 1 and "No module named 'iotda_export_server'" in r.stderr
+    assert {"iotda-export-api", "iotda-export-client"} <= names
+    assert not names & {"aiohttp", "psycopg", "psycopg-binary", "xlwt", "boto3", "prometheus-client",
+                        "cryptography", "iotda-export"}
+    r = subprocess.run([str(python), "-c", "import iotda_export_client, iotda.export.v1.export_task_pb2_grpc"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for module in ("aiohttp", "psycopg", "xlwt", "boto3", "prometheus_client", "cryptography",
+                   "iotda_export_server"):
+        r = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and f"No module named '{module}'" in r.stderr, (module, r.stderr)
+    r = subprocess.run([str(cli), "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("usage: iotda-export-client"), r.stderr
 
     with grpc.insecure_channel(server.address) as channel:
         user = make_user(server, channel)

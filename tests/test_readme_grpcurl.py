@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import pytest
 import xlrd
 
-from iotda_export_server.runner.xls_writer import HEADER
+from iotda_export_server.runner.xls import HEADER
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

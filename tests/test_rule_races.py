@@ -29,7 +29,7 @@ from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.domain.errors import QuotaExceeded, RateLimited
 from iotda_export_server.domain.exports import CreateExportRequest, ExportService
 from iotda_export_server.domain.jobs import ExportJobs
-from iotda_export_server.domain.model import Caller, ExportTask
+from iotda_export_server.domain.model import Caller, ExportTask, ResourceCondition
 from iotda_export_server.store import open_store
 from iotda_export_server.store.files import ResultFiles
 
@@ -61,7 +61,7 @@ class Rig:
 
     def create(self, caller: Caller, batch_task_id: str) -> ExportTask:
         return self.service.create(caller, CreateExportRequest(
-            resource_type="BatchTask", task_id=batch_task_id, has_resource_condition=True, export_format="",
+            resource_type="BatchTask", resource_condition=ResourceCondition(batch_task_id), export_format="",
             app_type="", app_id="", request_id=""))
 
     def finish(self, caller: Caller, task: ExportTask, succeed: bool) -> ExportTask:

@@ -30,6 +30,7 @@ import xlrd
 from conftest import ServerThread, make_user, rpc_failure, seed_known, wait_for
 from iotda.export.v1 import export_task_pb2 as epb
 from iotda_export_client import ExportClient
+from iotda_export_server.config import FilesConfig
 from iotda_export_server.domain import rules
 from iotda_export_server.runner.supervisor import Supervisor
 from iotda_export_server.store.files import open_files
@@ -53,7 +54,7 @@ def s3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def s3_server(s3, tmp_path_factory):
     s = ServerThread(tmp_path_factory.mktemp("data"), workers=1, http_addr="127.0.0.1:0",
-                     files_url=f"s3://{s3.bucket}/{PREFIX}")
+                     files=FilesConfig(url=f"s3://{s3.bucket}/{PREFIX}"))
     yield s
     s.stop()
 
@@ -236,7 +237,7 @@ def test_every_process_sweeps_the_bucket_while_it_runs(s3, s3_server):
 
 
 def test_an_upload_sends_bounded_parts_and_abort_leaves_nothing(s3, tmp_path):
-    files = open_files(tmp_path, f"s3://{s3.bucket}/unit")
+    files = open_files(FilesConfig(url=f"s3://{s3.bucket}/unit"), tmp_path)
     data = bytes(range(256)) * (rules.S3_PART_BYTES * 5 // 2 // 256)  # two and a half parts
     upload = files.begin("c" * 24, "run1")
     for i in range(0, len(data), 100_003):  # the zip writer's writes are small and uneven

@@ -30,7 +30,7 @@ from huaweicloudsdkiotda.v5 import (AddExportTask, CreateBatchTask, CreateBatchT
                                     ShowExportTaskRequest)
 
 from iotda.export.v1 import export_task_pb2 as epb
-from iotda_export_server.runner.xls_writer import HEADER
+from iotda_export_server.runner.xls import HEADER
 
 HEX24 = re.compile(r"^[0-9a-f]{24}$")
 EXPORT_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")  # yyyy-MM-dd'T'HH:mm:ss.SSS'Z'

@@ -15,6 +15,7 @@ import pytest
 
 from iotda.export.v1 import export_task_pb2 as epb
 from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
+from iotda_export_server.config import FilesConfig
 from iotda_export_server.domain import rules
 from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.store.changes import SOCKET_NAME, ChangeAnnouncer, ChangeListener
@@ -251,7 +252,7 @@ def test_replicas_sharing_a_data_directory_do_not_take_each_others_notice_socket
     try:
         open_store(tmp_path / "migrate", db.url, migrate=True).close()
         shared = tmp_path / "shared"
-        common = dict(workers=0, database=db.url, files_dir=str(tmp_path / "files"))
+        common = dict(workers=0, database=db.url, files=FilesConfig(dir=str(tmp_path / "files")))
         servers.append(ServerThread(shared, **common))
         owner_socket = os.stat(shared / SOCKET_NAME).st_ino
         servers.append(ServerThread(shared, **common))  # the second replica on the same directory

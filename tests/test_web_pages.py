@@ -22,6 +22,7 @@ import pytest
 from conftest import ServerThread, wait_for
 from pg_support import TestDatabase, admin_connect
 
+from iotda_export_server.config import FilesConfig
 from iotda_export_server.domain import rules
 from iotda_export_server.store import open_store
 from iotda_export_server.store.sqlite import DB_FILE_NAME
@@ -230,7 +231,7 @@ def test_readyz_is_503_while_the_sqlite_database_is_gone_and_200_again(tmp_path)
 
 def test_readyz_is_503_while_the_files_directory_is_gone_and_200_again(tmp_path):
     files = tmp_path / "files"
-    s = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0", files_dir=str(files))
+    s = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0", files=FilesConfig(dir=str(files)))
     try:
         assert _ready(s)
         files.rename(tmp_path / "elsewhere")
@@ -256,7 +257,7 @@ def test_readyz_is_503_while_postgresql_refuses_the_database_and_200_again(tmp_p
     try:
         open_store(tmp_path, db.url, migrate=True)
         s = ServerThread(tmp_path / "data", workers=0, http_addr="127.0.0.1:0", database=db.url,
-                         files_dir=str(tmp_path / "files"))
+                         files=FilesConfig(dir=str(tmp_path / "files")))
         assert _ready(s)
         with admin_connect() as conn:  # no new connection to it, and every open one cut
             conn.execute(f'ALTER DATABASE "{db.name}" WITH ALLOW_CONNECTIONS false')

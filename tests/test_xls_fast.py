@@ -1,7 +1,7 @@
 """The fast path of XlsZipWriter against plain xlwt: the same bytes for the same rows.
 
 XlsZipWriter makes the cell records and the shared-string table itself and streams the file
-into the zip (see runner/xls_writer.py); reference_xls() is the plain way, Worksheet.write() per
+into the zip (see the runner/xls package); reference_xls() is the plain way, Worksheet.write() per
 cell and Workbook.save(). Every case here compares the two byte for byte and reads the fast
 file back with xlrd, cell by cell.
 """
@@ -18,15 +18,16 @@ import pytest
 import xlrd
 import xlwt
 
-from iotda_export_server.runner import xls_writer
-from iotda_export_server.runner.xls_writer import (
+from iotda_export_server.runner.xls import (
     HEADER,
     MAX_CELL_CHARS,
     ROWS_PER_SHEET,
     XlsZipWriter,
     cell_text,
-    reference_xls,
 )
+from iotda_export_server.runner.xls import records as xls_records
+from iotda_export_server.runner.xls import writer as xls_writer_module
+from iotda_export_server.runner.xls.reference import reference_xls
 
 INNER = "export-fast.xls"
 
@@ -290,17 +291,17 @@ def test_zip_without_splicing_holds_the_same_xls(tmp_path: Path, monkeypatch) ->
     # The fallback when zipfile has no compressor hook to splice the rows' deflate segments into.
     rows = varied_rows(500, seed=13)
     spliced = fast_xls(tmp_path, rows)
-    monkeypatch.setattr(xls_writer, "_SPLICE_ROWS", False)
+    monkeypatch.setattr(xls_writer_module, "_SPLICE_ROWS", False)
     assert fast_xls(tmp_path, rows) == spliced == plain_xls(rows)
 
 
 def test_only_xlwt_1_3_0() -> None:
-    assert xlwt.__VERSION__ == xls_writer.XLWT_VERSION == "1.3.0"
+    assert xlwt.__VERSION__ == xls_records.XLWT_VERSION == "1.3.0"
     real = xlwt.__VERSION__
     try:
         xlwt.__VERSION__ = "1.4.0"
         try:
-            xls_writer._check_xlwt()
+            xls_records._check_xlwt()
         except RuntimeError as exc:
             assert "1.3.0" in str(exc)
         else:

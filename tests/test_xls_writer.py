@@ -13,7 +13,7 @@ import pytest
 import xlrd
 import xlwt
 
-from iotda_export_server.runner.xls_writer import (
+from iotda_export_server.runner.xls import (
     HEADER,
     MAX_CELL_CHARS,
     ROWS_PER_SHEET,

@@ -546,9 +546,22 @@ def add_client_commands(sub: argparse._SubParsersAction, parser: argparse.Argume
     # The connection flags again after the sub-command; SUPPRESS keeps a later level from erasing an earlier one.
     conn = CliParser(add_help=False, argument_default=argparse.SUPPRESS)
     connection_flags(conn)
+    configure_export(sub, conn)
+    configure_batch(sub, conn)
+    configure_completion(sub, parser)
 
+
+def configure_export(sub: argparse._SubParsersAction, conn: argparse.ArgumentParser) -> None:
+    """`export` and its sub-commands, in the order --help lists them."""
     export = sub.add_parser("export", help="export tasks: create, list, get, watch, download, delete, cancel")
     esub = export.add_subparsers(dest="export_command", required=True, metavar="COMMAND")
+    configure_export_create(esub, conn)
+    configure_export_list(esub, conn)
+    configure_export_by_id(esub, conn)
+    configure_export_download(esub, conn)
+
+
+def configure_export_create(esub: argparse._SubParsersAction, conn: argparse.ArgumentParser) -> None:
     p = esub.add_parser("create", parents=[conn], help="export a batch task's sub-task results (xls in a zip)")
     p.add_argument("--task-id", required=True, help="the batch task to export")
     p.add_argument("--app-type", default="", help="GLOBAL (default) or APP")
@@ -557,6 +570,9 @@ def add_client_commands(sub: argparse._SubParsersAction, parser: argparse.Argume
     p.add_argument("--watch", action="store_true", help="follow the progress to the end")
     json_flag(p)
     p.set_defaults(func=_export_create)
+
+
+def configure_export_list(esub: argparse._SubParsersAction, conn: argparse.ArgumentParser) -> None:
     p = esub.add_parser("list", parents=[conn], help="list your export tasks, newest first")
     _paging(p)
     p.add_argument("--task-id", default="", help="only exports of this batch task")
@@ -565,6 +581,10 @@ def add_client_commands(sub: argparse._SubParsersAction, parser: argparse.Argume
     p.add_argument("--resource-type", default="")
     json_flag(p)
     p.set_defaults(func=_export_list)
+
+
+def configure_export_by_id(esub: argparse._SubParsersAction, conn: argparse.ArgumentParser) -> None:
+    """get, watch, delete and cancel: one export task's ID and --json each."""
     for name, fn, help_text in (("get", _export_get, "show one export task"),
                                 ("watch", _export_watch, "follow an export's progress to Success or Failed"),
                                 ("delete", _export_delete, "delete an export task and its file"),
@@ -573,6 +593,9 @@ def add_client_commands(sub: argparse._SubParsersAction, parser: argparse.Argume
         p.add_argument("export_task_id", metavar="ID")
         json_flag(p)
         p.set_defaults(func=fn)
+
+
+def configure_export_download(esub: argparse._SubParsersAction, conn: argparse.ArgumentParser) -> None:
     p = esub.add_parser("download", parents=[conn], help="download the result (.zip holding the .xls);"
                                                          " one download per 30 s per user")
     p.add_argument("export_task_id", metavar="ID")
@@ -580,8 +603,18 @@ def add_client_commands(sub: argparse._SubParsersAction, parser: argparse.Argume
     p.add_argument("--resume", action="store_true", help="continue an interrupted download from <FILE>.part")
     p.set_defaults(func=_export_download)
 
+
+def configure_batch(sub: argparse._SubParsersAction, conn: argparse.ArgumentParser) -> None:
+    """`batch` and its sub-commands, in the order --help lists them."""
     batch = sub.add_parser("batch", help="batch tasks: create, show, list, delete")
     bsub = batch.add_subparsers(dest="batch_command", required=True, metavar="COMMAND")
+    configure_batch_create(bsub, conn)
+    configure_batch_show(bsub, conn)
+    configure_batch_list(bsub, conn)
+    configure_batch_delete(bsub, conn)
+
+
+def configure_batch_create(bsub: argparse._SubParsersAction, conn: argparse.ArgumentParser) -> None:
     p = bsub.add_parser("create", parents=[conn], help="create a batch task")
     p.add_argument("--name", required=True, help="task name")
     p.add_argument("--type", required=True, help="task type, e.g. firmwareUpgrade, createCommands")
@@ -590,6 +623,9 @@ def add_client_commands(sub: argparse._SubParsersAction, parser: argparse.Argume
     p.add_argument("--app-id", default="")
     json_flag(p)
     p.set_defaults(func=_batch_create)
+
+
+def configure_batch_show(bsub: argparse._SubParsersAction, conn: argparse.ArgumentParser) -> None:
     p = bsub.add_parser("show", parents=[conn], help="show a batch task and a page of its sub-tasks")
     p.add_argument("task_id", metavar="ID")
     p.add_argument("--status", default="", help="sub-task status filter")
@@ -597,6 +633,9 @@ def add_client_commands(sub: argparse._SubParsersAction, parser: argparse.Argume
     _paging(p)
     json_flag(p)
     p.set_defaults(func=_batch_show)
+
+
+def configure_batch_list(bsub: argparse._SubParsersAction, conn: argparse.ArgumentParser) -> None:
     p = bsub.add_parser("list", parents=[conn], help="list batch tasks of one type")
     p.add_argument("--type", required=True)
     p.add_argument("--app-id", default="")
@@ -604,11 +643,18 @@ def add_client_commands(sub: argparse._SubParsersAction, parser: argparse.Argume
     _paging(p)
     json_flag(p)
     p.set_defaults(func=_batch_list)
+
+
+def configure_batch_delete(bsub: argparse._SubParsersAction, conn: argparse.ArgumentParser) -> None:
     p = bsub.add_parser("delete", parents=[conn], help="delete a finished batch task")
     p.add_argument("task_id", metavar="ID")
     json_flag(p)
     p.set_defaults(func=_batch_delete)
 
+
+def configure_completion(sub: argparse._SubParsersAction, parser: argparse.ArgumentParser) -> None:
+    """`completion`: the script is generated from `parser`, the command the user runs (the server's
+    when the server mounts these commands)."""
     p = sub.add_parser("completion", help="print the shell completion script: bash (source it, or put it in"
                                           " /etc/bash_completion.d/) or zsh (a file named _iotda-export on"
                                           " $fpath)")

@@ -13,8 +13,9 @@ import pathlib
 import secrets
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 
+from .assembly import open_backend
+from .config import ServerConfig
 from .domain import auth, rules
 from .domain.errors import invalid
 from .domain.batches import BatchService, seed_batch_task
@@ -23,53 +24,14 @@ from .domain.jobs import ExportJobs
 from .domain.progress import ProgressHub
 from .metrics import Metrics
 from .runner.supervisor import Supervisor
-from .runner.worker import WorkerConfig
 from .store.changes import ChangeListener
-from .store.files import open_files
 from .store import is_postgres, open_store
-from .transport.http_server import HttpLimits
 
 log = logging.getLogger("iotda_export.server")
 
 CREDENTIALS_FILE = "credentials.json"
 LOCK_FILE = "server.lock"
 BOOTSTRAP_USER = "admin"
-
-
-@dataclass
-class ServerConfig:
-    data_dir: str
-    grpc_addr: str = "127.0.0.1:50051"
-    http_addr: str | None = None  # HOST:PORT of the HTTP/JSON gateway; None: no gateway
-    # None: SQLite in data_dir (the embedded default); a postgresql:// URL: shared state for replicas.
-    database: str | None = None
-    # Result files; with several replicas a directory they all share. Default: <data_dir>/files.
-    files_dir: str | None = None
-    # Or where they live as a URL: file:///path, or s3://bucket/prefix (hosts that share no directory),
-    # with the store's endpoint and region (else AWS_ENDPOINT_URL, AWS_REGION or the profile's).
-    files_url: str | None = None
-    s3_endpoint: str | None = None
-    s3_region: str | None = None
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    lease_seconds: float = 30.0
-    watch_poll_seconds: float = 0.2
-    # `iotda-export worker` only: HOST:PORT of its own /metrics (it has no HTTP gateway).
-    metrics_addr: str | None = None
-    # A WatchProgress stream hears at least this often (keeps idle proxies from closing it).
-    watch_heartbeat_seconds: float = rules.WATCH_HEARTBEAT_SECONDS
-    grace_seconds: float = 5.0
-    # The HTTP port's limits (body size, timeouts, connections); None: the defaults of HttpLimits.
-    http_limits: HttpLimits | None = None
-    # Per user, in this process: WatchProgress streams and downloads open at once.
-    max_watch_streams_per_user: int = rules.MAX_WATCH_STREAMS_PER_USER
-    max_downloads_per_user: int = rules.MAX_DOWNLOADS_PER_USER
-    # TLS (PEM files, reloaded when they change): the pair of both ports, the HTTP port's own pair
-    # when it differs, and the CA whose client certificates both ports then require (mutual TLS).
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    http_tls_cert: str | None = None
-    http_tls_key: str | None = None
-    tls_client_ca: str | None = None
 
 
 def tls_sources(config: ServerConfig):
@@ -188,7 +150,7 @@ class ExportServer:
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.data_dir = prepare_data_dir(config.data_dir)
+        self.data_dir = prepare_data_dir(config.state.data_dir)
         self.lock = DataDirLock(self.data_dir)
         self.port: int | None = None
         self.http_port: int | None = None
@@ -216,14 +178,14 @@ class ExportServer:
         if exposed:
             log.warning("%s: not a loopback address and no TLS: tokens, signatures and exported files cross the"
                         " network in plaintext; pass --tls-cert and --tls-key (docs/how-to/tls.md)", " and ".join(exposed))
-        shared = is_postgres(self.config.database)
+        shared = is_postgres(self.config.state.database)
         if not shared:
             self.lock.acquire()  # SQLite: this process owns the data directory
-        self.store = store = open_store(self.data_dir, self.config.database, migrate=not shared)
-        self.files = files = open_files(self.data_dir, self.config.files_url, self.config.files_dir,
-                                        self.config.s3_endpoint, self.config.s3_region)
+        # What this process opens is what its workers open.
+        worker_config = self.config.worker_config()
+        store, files, jobs = open_backend(worker_config)
+        self.store, self.files = store, files
         self.bootstrap_credentials = bootstrap(store, self.data_dir)
-        jobs = ExportJobs(store, files, lease_seconds=self.config.lease_seconds)
         if not shared:
             # Sole owner: whatever was running belonged to a previous life of this server.
             recovered = jobs.recover(only_expired=False)
@@ -239,7 +201,7 @@ class ExportServer:
         metrics.watch_store(lambda: store.reader().count_exports_by_run_state())
         if shared:
             from .store.postgres import Listener
-            self.listener = Listener(self.config.database, hub.poke)
+            self.listener = Listener(self.config.state.database, hub.poke)
             self.listener.start()
         # This process's workers (either store) report changes and finished runs over a socket in
         # the data directory, which only the holder of the directory's lock may bind.
@@ -252,7 +214,6 @@ class ExportServer:
         if self.lock.fd is not None:
             self.changes = ChangeListener(self.data_dir, hub.poke, metrics.run_finished)
             self.changes.start()
-        worker_config = worker_config_of(self.config, self.data_dir, files)
         # Workers are spawned before any gRPC object exists in this process.
         self.supervisor = Supervisor(worker_config, self.config.workers, jobs, on_change=hub.poke)
         self.supervisor.start()
@@ -342,15 +303,6 @@ class ExportServer:
         self.lock.release()
 
 
-def worker_config_of(config: ServerConfig, data_dir: pathlib.Path, files) -> WorkerConfig:
-    """What a worker process needs to open the same database and result files."""
-    local = getattr(files, "dir", None)
-    return WorkerConfig(data_dir=str(data_dir), lease_seconds=config.lease_seconds, database=config.database,
-                        files_dir=str(local) if local is not None else None,
-                        files_url=None if local is not None else config.files_url,
-                        s3_endpoint=config.s3_endpoint, s3_region=config.s3_region)
-
-
 def seed(data_dir: str | os.PathLike, subtasks: int, project_id: str | None = None, instance_id: str = "",
          app_id: str | None = None, database: str | None = None) -> str:
     """Loads a demo batch task (works while a server runs on the same data directory)."""
@@ -373,12 +325,11 @@ async def run_workers(config: ServerConfig) -> int:
     SIGTERM/SIGINT, handing running exports back to the queue."""
     import signal
 
-    data_dir = prepare_data_dir(config.data_dir)
-    if not is_postgres(config.database):
+    data_dir = prepare_data_dir(config.state.data_dir)
+    if not is_postgres(config.state.database):
         raise ValueError("`worker` shares a database with API replicas: pass --database postgresql://...")
-    store = open_store(data_dir, config.database, migrate=False)
-    files = open_files(data_dir, config.files_url, config.files_dir, config.s3_endpoint, config.s3_region)
-    jobs = ExportJobs(store, files, lease_seconds=config.lease_seconds)
+    worker_config = config.worker_config()
+    store, _files, jobs = open_backend(worker_config)
     lock = changes = metrics_server = None
     if config.metrics_addr:
         from prometheus_client import start_http_server
@@ -391,7 +342,7 @@ async def run_workers(config: ServerConfig) -> int:
         host, port = config.metrics_addr.rsplit(":", 1)
         metrics_server, _ = start_http_server(int(port), host.strip("[]"), registry=metrics.registry)
         print(f"iotda-export worker metrics on http://{host}:{metrics_server.server_port}/metrics", flush=True)
-    supervisor = Supervisor(worker_config_of(config, data_dir, files), config.workers, jobs)
+    supervisor = Supervisor(worker_config, config.workers, jobs)
     supervisor.start()
     print(f"iotda-export worker running {config.workers} export processes", flush=True)
     stop = asyncio.Event()

@@ -17,20 +17,14 @@ import sys
 
 from iotda_export_client.cli import (CALLING_NOTES, UsageError, add_client_commands, env_option, err, json_flag,
                                      new_parser, print_block, print_json, print_table, run, split_list)
+from iotda_export_server.config import FilesConfig, LogConfig, ServerConfig, StateConfig
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from iotda_export_server.app import CREDENTIALS_FILE, ExportServer, ServerConfig
+    from iotda_export_server.app import CREDENTIALS_FILE, ExportServer
 
-    _configure_logs("server", args)
-    config = ServerConfig(data_dir=args.data_dir, grpc_addr=args.grpc_addr, http_addr=args.http_addr or None,
-                          workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
-                          database=args.database, **_files_config(args),
-                          lease_seconds=args.lease_seconds, max_watch_streams_per_user=args.max_watch_streams_per_user,
-                          max_downloads_per_user=args.max_downloads_per_user,
-                          tls_cert=args.tls_cert or None, tls_key=args.tls_key or None,
-                          http_tls_cert=args.http_tls_cert or None, http_tls_key=args.http_tls_key or None,
-                          tls_client_ca=args.tls_client_ca or None)
+    config = _serve_config(args)
+    _configure_logs("server", config.log)
 
     async def main() -> int:
         server = ExportServer(config)
@@ -49,19 +43,19 @@ def _serve(args: argparse.Namespace) -> int:
         # Certificates are reloaded by watching their files; SIGHUP (which would otherwise end the
         # process) makes it look now.
         loop.add_signal_handler(signal.SIGHUP, server.check_tls_files)
-        host = args.grpc_addr.rsplit(":", 1)[0]
+        host = config.grpc_addr.rsplit(":", 1)[0]
         grpc_tls, http_tls = server.tls
         security = ("gRPC, mutual TLS" if grpc_tls.requires_client_cert else "gRPC, TLS") if grpc_tls else "gRPC"
         print(f"iotda-export listening on {host}:{port} ({security})", flush=True)
         if server.http_port is not None:
-            http_host = args.http_addr.rsplit(":", 1)[0]
+            http_host = config.http_addr.rsplit(":", 1)[0]
             scheme = "https" if http_tls else "http"
             print(f"iotda-export listening on {scheme}://{http_host}:{server.http_port} (HTTP/JSON gateway)",
                   flush=True)
             print(f"web console on {scheme}://{http_host}:{server.http_port}/console/ (also /openapi.json, /healthz,"
                   " /readyz)", flush=True)
         if server.bootstrap_credentials:
-            creds = os.path.join(args.data_dir, CREDENTIALS_FILE)
+            creds = os.path.join(config.state.data_dir, CREDENTIALS_FILE)
             print(f"created administrator '{server.bootstrap_credentials['user']}' in project "
                   f"{server.bootstrap_credentials['project_id']}; credentials (token, ak, sk) in {creds} (mode 0600)."
                   f" Use them with: iotda-export --credentials {creds} export list", flush=True)
@@ -76,14 +70,11 @@ def _serve(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-def _configure_logs(process: str, args: argparse.Namespace) -> None:
+def _configure_logs(process: str, config: LogConfig) -> None:
     from iotda_export_server import logs
 
-    # Through the environment, so that the worker processes started next log the same way.
-    os.environ["IOTDA_EXPORT_LOG_FORMAT"] = args.log_format
-    os.environ["IOTDA_EXPORT_LOG_LEVEL"] = args.log_level
     try:
-        logs.configure(process)
+        logs.configure(process, config)
     except ValueError as e:  # a bad value from the environment (flags are checked by argparse)
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -98,12 +89,10 @@ def _log_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from iotda_export_server.app import ServerConfig, run_workers
+    from iotda_export_server.app import run_workers
 
-    _configure_logs("workers", args)
-    config = ServerConfig(data_dir=args.data_dir, database=args.database, **_files_config(args),
-                          workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
-                          lease_seconds=args.lease_seconds, metrics_addr=args.metrics_addr)
+    config = _worker_config(args)
+    _configure_logs("workers", config.log)
     try:
         return asyncio.run(run_workers(config))
     except (ValueError, RuntimeError, OSError) as e:
@@ -114,9 +103,10 @@ def _worker(args: argparse.Namespace) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     from iotda_export_server.app import prepare_data_dir
     from iotda_export_server.store import is_postgres, open_store
-    data_dir = args.data_dir if is_postgres(args.database) else prepare_data_dir(args.data_dir)
+    state = _state_config(args)
+    data_dir = state.data_dir if is_postgres(state.database) else prepare_data_dir(state.data_dir)
     try:
-        store = open_store(data_dir, args.database, migrate=True)
+        store = open_store(data_dir, state.database, migrate=True)
     except Exception as e:  # noqa: BLE001 - unreachable database, newer schema
         print(f"error: migration failed: {e}", file=sys.stderr)
         return 1
@@ -135,9 +125,10 @@ def _admin_store(args, create: bool):
     """The state the server uses: SQLite in --data-dir, or the PostgreSQL of --database."""
     from iotda_export_server.app import prepare_data_dir
     from iotda_export_server.store import is_postgres, open_store
-    if is_postgres(args.database):
-        return open_store(args.data_dir, args.database, migrate=False)
-    return open_store(prepare_data_dir(_data_dir(args, create=create)), args.database)
+    state = _state_config(args)
+    if is_postgres(state.database):
+        return open_store(state.data_dir, state.database, migrate=False)
+    return open_store(prepare_data_dir(_data_dir(args, create=create)), state.database)
 
 
 def _state_flags(p: argparse.ArgumentParser) -> None:
@@ -240,16 +231,17 @@ def _principal_remove(args) -> int:
     from iotda_export_server.domain.auth import remove_principal
     from iotda_export_server.store.files import ResultFiles, open_files
     store = _admin_store(args, create=False)
-    files_dir = args.files_dir or os.path.join(args.data_dir, "files")
+    files_config = _files_config(args)
     # The files directory the server uses; if it is not reachable from here, the server's next start
     # removes the files of the deleted tasks (its sweep), so nothing is left for good.
-    if args.files_url:
+    if files_config.url:
         try:
-            files = open_files(args.data_dir, **_files_config(args))
+            files = open_files(files_config, args.data_dir)
         except ValueError as e:
             err(f"cannot reach the result files: {e}")
             return 1
     else:
+        files_dir = files_config.resolved(args.data_dir).dir
         files = ResultFiles(files_dir) if os.path.isdir(files_dir) else _NoFiles()
     if not remove_principal(store, files, args.user):
         err(f"no principal {args.user!r}")
@@ -326,11 +318,6 @@ def _files_flags(p: argparse.ArgumentParser, dir_help: str) -> None:
     p.add_argument("--s3-region", default=None, help="the bucket's region (default: AWS_REGION or the profile's)")
 
 
-def _files_config(args: argparse.Namespace) -> dict:
-    return dict(files_dir=args.files_dir, files_url=args.files_url, s3_endpoint=args.s3_endpoint,
-                s3_region=args.s3_region)
-
-
 def _server_flags(p: argparse.ArgumentParser, files_help: str) -> None:
     """What serve and worker share: workers, files, the lease."""
     p.add_argument("--workers", type=int, default=None, help="export worker processes (default: cores)")
@@ -340,7 +327,41 @@ def _server_flags(p: argparse.ArgumentParser, files_help: str) -> None:
                     " use the same value on every process")
 
 
-def add_server_commands(sub: argparse._SubParsersAction) -> None:
+# -- the flags as the typed config (config.py), each mapping written once ----------------------------
+
+def _state_config(args: argparse.Namespace) -> StateConfig:
+    return StateConfig(data_dir=args.data_dir, database=args.database)
+
+
+def _files_config(args: argparse.Namespace) -> FilesConfig:
+    return FilesConfig(dir=args.files_dir, url=args.files_url, s3_endpoint=args.s3_endpoint, s3_region=args.s3_region)
+
+
+def _running_config(args: argparse.Namespace, **only_this_command) -> ServerConfig:
+    """What serve and worker share (_server_flags, _state_flags, _log_flags), and `only_this_command`."""
+    return ServerConfig(state=_state_config(args), files=_files_config(args),
+                        log=LogConfig(level=args.log_level, format=args.log_format),
+                        workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
+                        lease_seconds=args.lease_seconds, **only_this_command)
+
+
+def _serve_config(args: argparse.Namespace) -> ServerConfig:
+    return _running_config(args, grpc_addr=args.grpc_addr, http_addr=args.http_addr or None,
+                           max_watch_streams_per_user=args.max_watch_streams_per_user,
+                           max_downloads_per_user=args.max_downloads_per_user,
+                           tls_cert=args.tls_cert or None, tls_key=args.tls_key or None,
+                           http_tls_cert=args.http_tls_cert or None, http_tls_key=args.http_tls_key or None,
+                           tls_client_ca=args.tls_client_ca or None)
+
+
+def _worker_config(args: argparse.Namespace) -> ServerConfig:
+    return _running_config(args, metrics_addr=args.metrics_addr)
+
+
+# -- the commands: one configure_* each (its parser, flags and function), in `--help`'s order -----
+
+def configure_serve(sub: argparse._SubParsersAction) -> None:
+    """`serve`: the whole service in this process."""
     from iotda_export_server.domain import rules  # the defaults of the server's caps
 
     serve = sub.add_parser("serve", help="run the service (gRPC, and HTTP with --http-addr): on the embedded"
@@ -375,6 +396,9 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     _log_flags(serve)
     serve.set_defaults(func=_serve)
 
+
+def configure_dev_certs(sub: argparse._SubParsersAction) -> None:
+    """`dev-certs`: certificates for trying TLS."""
     p = sub.add_parser("dev-certs", help="write a private CA, a server and a client certificate for trying TLS"
                                          " (docs/how-to/tls.md); not for production")
     p.add_argument("--out", required=True, metavar="DIR",
@@ -388,6 +412,9 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace certificates and keys already in --out")
     p.set_defaults(func=_dev_certs)
 
+
+def configure_worker(sub: argparse._SubParsersAction) -> None:
+    """`worker`: export worker processes only, on a shared database."""
     p = sub.add_parser("worker", help="run export workers only (no RPC port), against --database: scale"
                                       " exports apart from API replicas (`serve --workers 0`)")
     _state_flags(p)
@@ -398,11 +425,17 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     _log_flags(p)
     p.set_defaults(func=_worker)
 
+
+def configure_migrate(sub: argparse._SubParsersAction) -> None:
+    """`migrate`: the database schema."""
     p = sub.add_parser("migrate", help="create or upgrade the database schema (PostgreSQL: run once before"
                                        " starting replicas; SQLite migrates itself on start)")
     _state_flags(p)
     p.set_defaults(func=_migrate)
 
+
+def configure_principal(sub: argparse._SubParsersAction) -> None:
+    """`principal add|list|remove`: the users of a data directory."""
     principal = sub.add_parser("principal", help="add, list or remove principals (users) of a data directory;"
                                                  " works while a server runs on it")
     psub = principal.add_subparsers(dest="principal_command", required=True, metavar="COMMAND")
@@ -440,6 +473,9 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--user", required=True)
     p.set_defaults(func=_principal_remove)
 
+
+def configure_seed(sub: argparse._SubParsersAction) -> None:
+    """`seed`: demo data."""
     p = sub.add_parser("seed", help="load a demo batch task with N sub-tasks of mixed outcomes (works while a"
                                     " server runs on the data directory)")
     _state_flags(p)
@@ -454,7 +490,9 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """`iotda-export`: the server's commands, then the client's calling commands."""
     parser, sub = new_parser(__doc__ + CALLING_NOTES)
-    add_server_commands(sub)
+    for configure in (configure_serve, configure_dev_certs, configure_worker, configure_migrate, configure_principal,
+                      configure_seed):
+        configure(sub)
     add_client_commands(sub, parser)
     return parser
 

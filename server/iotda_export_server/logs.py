@@ -1,18 +1,19 @@
 """Log set-up shared by the server, its worker processes and the CLI.
 
 Readable lines by default, JSON lines when asked (`--log-format json` or
-IOTDA_EXPORT_LOG_FORMAT=json; worker processes inherit the environment). Every line carries the
-request id and the user of the RPC it was written for ("-" outside one). Nothing logs a token, an
-SK, a signature or a database password: log ids and names, never credentials.
+IOTDA_EXPORT_LOG_FORMAT=json, a LogConfig the server hands its worker processes too). Every line
+carries the request id and the user of the RPC it was written for ("-" outside one). Nothing logs
+a token, an SK, a signature or a database password: log ids and names, never credentials.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
-import os
 
 from pythonjsonlogger.json import JsonFormatter
+
+from .config import LogConfig
 
 FORMATS = ("text", "json")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -29,10 +30,11 @@ class _RequestContext(logging.Filter):
         return True
 
 
-def configure(process: str, level: str | None = None, fmt: str | None = None) -> None:
-    """Sets up the root logger of this process (`process` names it on every line: server, worker-…)."""
-    level = (level or os.environ.get("IOTDA_EXPORT_LOG_LEVEL") or "INFO").upper()
-    fmt = (fmt or os.environ.get("IOTDA_EXPORT_LOG_FORMAT") or "text").lower()
+def configure(process: str, config: LogConfig) -> None:
+    """Sets up the root logger of this process (`process` names it on every line: server, worker-…).
+    ValueError for a format or level of no known name."""
+    level = config.level.upper()
+    fmt = config.format.lower()
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     handler = logging.StreamHandler()

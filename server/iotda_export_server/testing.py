@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from .app import ExportServer, ServerConfig
+from .app import ExportServer
+from .config import LogConfig, ServerConfig, StateConfig
 
 
 class ServerThread:
-    """An ExportServer running on its own event loop in a background thread."""
+    """An ExportServer running on its own event loop in a background thread. `config` holds the
+    other ServerConfig fields; its worker processes log warnings and errors unless `log` says more."""
 
-    def __init__(self, data_dir: str, workers: int = 1, **config):
+    def __init__(self, data_dir: str, workers: int = 1, database: str | None = None, **config):
         self.data_dir = str(data_dir)
-        self.config = ServerConfig(data_dir=self.data_dir, grpc_addr="127.0.0.1:0", workers=workers, **config)
+        config.setdefault("log", LogConfig(level="WARNING"))
+        self.config = ServerConfig(state=StateConfig(self.data_dir, database), grpc_addr="127.0.0.1:0",
+                                   workers=workers, **config)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="server-loop", daemon=True)
         self.thread.start()

@@ -17,7 +17,7 @@ from . import ids, pages, rules, validation
 from .errors import (Codes, DataLoss, ExportTaskNotFound, FailedPrecondition, FilesUnavailable, BatchTaskNotFound,
                      OutOfRange, QuotaExceeded, RateLimited, Unauthenticated, invalid)
 from .jobs import cancelled, created
-from .model import Caller, ExportTask, Page
+from .model import Caller, ExportTask, InvalidResourceCondition, Page, ResourceCondition
 
 log = logging.getLogger("iotda_export.exports")
 
@@ -25,8 +25,7 @@ log = logging.getLogger("iotda_export.exports")
 @dataclass(frozen=True)
 class CreateExportRequest:
     resource_type: str
-    task_id: str  # resource_condition.task_id
-    has_resource_condition: bool
+    resource_condition: ResourceCondition | None  # None: not given (refused, it is mandatory)
     export_format: str
     app_type: str
     app_id: str
@@ -36,7 +35,8 @@ class CreateExportRequest:
 @dataclass(frozen=True)
 class ListExportFilter:
     resource_type: str
-    resource_condition: str  # JSON text
+    # None: every export; the transport's InvalidResourceCondition: text it could not read, refused here.
+    resource_condition: ResourceCondition | InvalidResourceCondition | None
     app_type: str
     app_id: str
 
@@ -95,8 +95,8 @@ class ExportService:
         validation.collect(
             lambda: validation.require(r.resource_type, "resource_type") == rules.RESOURCE_TYPE_BATCH_TASK
             or _raise(invalid("resource_type", f"must be {rules.RESOURCE_TYPE_BATCH_TASK}")),
-            lambda: validation.batch_task_id(r.task_id, "resource_condition.task_id") if r.has_resource_condition
-            else _raise(invalid("resource_condition", "is mandatory")),
+            lambda: validation.batch_task_id(r.resource_condition.task_id, "resource_condition.task_id")
+            if r.resource_condition is not None else _raise(invalid("resource_condition", "is mandatory")),
             lambda: r.export_format in ("", rules.EXPORT_FORMAT_XLS)
             or _raise(invalid("export_format", "must be xls")),
             lambda: app_type in (rules.APP_TYPE_GLOBAL, rules.APP_TYPE_APP)
@@ -112,8 +112,9 @@ class ExportService:
 
     def create(self, caller: Caller, r: CreateExportRequest) -> ExportTask:
         app_type, app_id = self.validate_create(r)
+        task_id = r.resource_condition.task_id
         export_format = rules.EXPORT_FORMAT_XLS
-        conditions_key = json.dumps([caller.project_id, caller.instance_id, r.resource_type, r.task_id,
+        conditions_key = json.dumps([caller.project_id, caller.instance_id, r.resource_type, task_id,
                                      export_format, app_type, app_id], separators=(",", ":"))
         owner = caller.owner
         evicted: list[str] = []
@@ -125,9 +126,9 @@ class ExportService:
                     if task.conditions_key != conditions_key:
                         raise invalid("request_id", "was already used by a create with other conditions")
                     return task  # a retried create: the first call's result, nothing run again
-            batch = tx.batch_task(caller.project_id, caller.instance_id, r.task_id, with_progress=False)
+            batch = tx.batch_task(caller.project_id, caller.instance_id, task_id, with_progress=False)
             if batch is None or (app_id is not None and batch.app_id != app_id):
-                raise BatchTaskNotFound(r.task_id)
+                raise BatchTaskNotFound(task_id)
             now = self.clock()
             existing = tx.export_task_same_conditions(owner, conditions_key)
             if existing is not None and existing.unfinished:
@@ -151,7 +152,7 @@ class ExportService:
                         evicted.append(oldest.export_task_id)
                     task = ExportTask(
                         export_task_id=ids.new_id(), owner=owner, project_id=caller.project_id,
-                        instance_id=caller.instance_id, resource_type=r.resource_type, batch_task_id=r.task_id,
+                        instance_id=caller.instance_id, resource_type=r.resource_type, batch_task_id=task_id,
                         export_format=export_format, app_type=app_type, app_id=app_id,
                         conditions_key=conditions_key, version=1, file_generation=0, file_size=None,
                         file_sha256=None, **created(now))
@@ -184,19 +185,12 @@ class ExportService:
             checks.append(lambda: f.resource_type == rules.RESOURCE_TYPE_BATCH_TASK
                           or _raise(invalid("resource_type", f"must be {rules.RESOURCE_TYPE_BATCH_TASK}")))
             filters["resource_type"] = f.resource_type
-        if f.resource_condition:
+        condition = f.resource_condition
+        if isinstance(condition, InvalidResourceCondition):
+            checks.append(lambda: _raise(invalid("resource_condition", condition.reason)))
+        elif condition is not None:
             def check_condition():
-                if len(f.resource_condition) > rules.MAX_RESOURCE_CONDITION_CHARS:
-                    raise invalid("resource_condition",
-                                  f"must be at most {rules.MAX_RESOURCE_CONDITION_CHARS} characters")
-                try:
-                    cond = json.loads(f.resource_condition)
-                except (ValueError, RecursionError):  # RecursionError: absurdly deep JSON
-                    cond = None
-                if not isinstance(cond, dict) or set(cond) - {"task_id"} or not isinstance(cond.get("task_id", ""), str):
-                    raise invalid("resource_condition", 'must be JSON text like {"task_id":"<batch task id>"}')
-                if "task_id" in cond:
-                    filters["batch_task_id"] = validation.batch_task_id(cond["task_id"], "resource_condition.task_id")
+                filters["batch_task_id"] = validation.batch_task_id(condition.task_id, "resource_condition.task_id")
             checks.append(check_condition)
         if f.app_type:
             checks.append(lambda: f.app_type in (rules.APP_TYPE_GLOBAL, rules.APP_TYPE_APP)

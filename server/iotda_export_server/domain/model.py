@@ -17,7 +17,7 @@ class ExportTask:
     project_id: str
     instance_id: str
     resource_type: str
-    batch_task_id: str
+    batch_task_id: str  # resource_condition.task_id (the stored column keeps this name)
     export_format: str
     app_type: str
     app_id: str | None
@@ -133,6 +133,23 @@ class Subtask:
 class Page:
     count: int
     marker: str
+
+
+@dataclass(frozen=True)
+class ResourceCondition:
+    """What an export reads: the batch task whose sub-task results it exports. One name from the wire's
+    resource_condition through the domain; the record and the store call its task_id batch_task_id."""
+
+    task_id: str
+
+
+@dataclass(frozen=True)
+class InvalidResourceCondition:
+    """A resource_condition the transport could not read (ListExportTasks' JSON text), with why. The
+    transport parses but does not refuse: the domain reports `reason` as resource_condition's
+    violation, together with the other fields' in one INVALID_ARGUMENT."""
+
+    reason: str
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 Each worker is a fresh interpreter (`python -m iotda_export_server.runner.worker`): it inherits no
 gRPC state (gRPC does not survive fork) and does not re-import the caller's main module, as
-multiprocessing's spawn would. A worker that dies is replaced, and the exports whose lease ran out
-are queued again (or failed after too many attempts) by ExportJobs.recover.
+multiprocessing's spawn would. Its WorkerConfig arrives as JSON on its stdin, written once: the
+database URL may hold a password, which its argv (ps) or environment (/proc/<pid>/environ) would
+show. A worker that dies is replaced, and the exports whose lease ran out are queued again (or
+failed after too many attempts) by ExportJobs.recover.
 """
 
 from __future__ import annotations
@@ -17,12 +19,25 @@ import subprocess
 import sys
 import time
 
+from ..config import WorkerConfig
 from ..domain import rules
 from ..domain.jobs import ExportJobs
-from .worker import WorkerConfig
 
 log = logging.getLogger("iotda_export.supervisor")
 NOTIFY_MIN_INTERVAL_SECONDS = 0.1
+
+
+def spawn_worker(config: WorkerConfig, worker_id: str, **popen_args) -> subprocess.Popen:
+    """An export worker process of this process (it stops when this process dies) on `config`, which
+    it reads from its stdin. `popen_args`: more of subprocess.Popen's (cwd, env, stdout, ...)."""
+    p = subprocess.Popen([sys.executable, "-m", "iotda_export_server.runner.worker", "--worker-id", worker_id,
+                          "--parent-pid", str(os.getpid())], stdin=subprocess.PIPE, close_fds=True, **popen_args)
+    try:  # far less than a pipe's buffer: never blocks
+        p.stdin.write(config.to_json().encode())
+        p.stdin.close()
+    except BrokenPipeError:  # the worker died at once (a supervisor starts another)
+        pass
+    return p
 
 
 class Supervisor:
@@ -44,26 +59,11 @@ class Supervisor:
         # handler is installed: a wake-up sent while it boots must not kill it.
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         try:
-            p = self._popen(worker_id)
+            p = spawn_worker(self.config, worker_id)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         log.info("worker %s started (pid %d)", worker_id, p.pid)
         return p
-
-    def _popen(self, worker_id: str) -> subprocess.Popen:
-        env = dict(os.environ)
-        env.pop("IOTDA_EXPORT_DATABASE", None)
-        if self.config.database:
-            env["IOTDA_EXPORT_DATABASE"] = self.config.database
-        return subprocess.Popen(
-            [sys.executable, "-m", "iotda_export_server.runner.worker", "--data-dir", self.config.data_dir,
-             "--worker-id", worker_id, "--parent-pid", str(os.getpid()),
-             "--lease-seconds", str(self.config.lease_seconds),
-             *(["--files-dir", self.config.files_dir] if self.config.files_dir else []),
-             *(["--files-url", self.config.files_url] if self.config.files_url else []),
-             *(["--s3-endpoint", self.config.s3_endpoint] if self.config.s3_endpoint else []),
-             *(["--s3-region", self.config.s3_region] if self.config.s3_region else [])],
-            stdin=subprocess.DEVNULL, close_fds=True, env=env)
 
     def start(self) -> None:
         self.processes = [self._spawn() for _ in range(self.count)]

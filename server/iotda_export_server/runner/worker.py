@@ -17,20 +17,21 @@ import logging
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 from .. import logs
+from ..assembly import open_backend
+from ..config import WorkerConfig
 from ..domain import rules
 from ..domain.errors import FilesUnavailable
 from ..domain.exports import inner_file_name
 from ..domain.jobs import Claim, ExportJobs
 from ..store import database_unavailable
 from ..store.changes import ChangeAnnouncer
-from ..store.files import open_files
-from .xls_writer import XlsZipWriter
+from .xls import XlsZipWriter
 
 log = logging.getLogger("iotda_export.worker")
 
@@ -43,18 +44,6 @@ WORKER_NICE_INCREMENT = 10
 # mallopt's parameter number (malloc.h) and glibc's own default for it.
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 128 * 1024
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    data_dir: str
-    lease_seconds: float = 30.0
-    poll_seconds: float = 0.25
-    database: str | None = None   # postgresql:// URL, or None for SQLite in data_dir
-    files_dir: str | None = None  # default <data_dir>/files
-    files_url: str | None = None  # file:///path or s3://bucket/prefix (store/files.py open_files)
-    s3_endpoint: str | None = None
-    s3_region: str | None = None
 
 
 class RunCancelled(Exception):
@@ -98,13 +87,6 @@ def _fixed_mmap_threshold() -> None:
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     except (OSError, AttributeError):  # not glibc: its allocator has its own policy
         pass
-
-
-def open_backend(config: WorkerConfig):
-    from ..store import is_postgres, open_store
-    store = open_store(config.data_dir, config.database, migrate=not is_postgres(config.database))
-    files = open_files(config.data_dir, config.files_url, config.files_dir, config.s3_endpoint, config.s3_region)
-    return store, files
 
 
 def run_export(files, jobs: ExportJobs, claim: Claim,
@@ -260,15 +242,13 @@ def worker_main(config: WorkerConfig, worker_id: str, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGUSR1, lambda _s, _f: poke())  # the server: "an export was queued"
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # blocked by the supervisor until now
-    logs.configure(f"worker[{worker_id}]")  # level and format from the environment the server passed
+    logs.configure(f"worker[{worker_id}]", config.log)
     # Exports are batch work: on a shared host the API process's short calls go first (issue 5's
     # GetExportTask p99 while exports run). A worker alone on a host still gets every idle cycle.
     os.nice(WORKER_NICE_INCREMENT)
-    store, files = open_backend(config)
     # Notices to the server that started us (PostgreSQL's trigger tells every replica too).
-    announce = ChangeAnnouncer(config.data_dir)
-    jobs = ExportJobs(store, files, lease_seconds=config.lease_seconds, on_change=announce,
-                      on_finished=announce.finished)
+    announce = ChangeAnnouncer(config.state.data_dir)
+    store, files, jobs = open_backend(config, on_change=announce, on_finished=announce.finished)
     while not stop.is_set() and os.getppid() == parent_pid:
         try:
             claim = jobs.claim(worker_id)
@@ -290,21 +270,16 @@ def worker_main(config: WorkerConfig, worker_id: str, parent_pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="iotda-export worker process (started by the server)")
-    parser.add_argument("--data-dir", required=True)
+    """The supervisor's child: its WorkerConfig is the JSON on stdin (never argv or the environment,
+    which would show the database URL's password), read to its end before anything else."""
+    parser = argparse.ArgumentParser(description="iotda-export worker process (started by the server; its"
+                                                 " configuration is the JSON on stdin)")
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
-    parser.add_argument("--lease-seconds", type=float, default=30.0)
-    parser.add_argument("--files-dir", default=None)
-    parser.add_argument("--files-url", default=None)
-    parser.add_argument("--s3-endpoint", default=None)
-    parser.add_argument("--s3-region", default=None)
     args = parser.parse_args(argv)
-    # The database URL comes through the environment, never argv (ps would show its password).
-    worker_main(WorkerConfig(data_dir=args.data_dir, lease_seconds=args.lease_seconds,
-                             database=os.environ.get("IOTDA_EXPORT_DATABASE") or None, files_dir=args.files_dir,
-                             files_url=args.files_url, s3_endpoint=args.s3_endpoint, s3_region=args.s3_region),
-                args.worker_id, args.parent_pid)
+    config = WorkerConfig.from_json(sys.stdin.read())
+    sys.stdin.close()
+    worker_main(config, args.worker_id, args.parent_pid)
 
 
 if __name__ == "__main__":

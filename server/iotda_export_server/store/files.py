@@ -22,8 +22,9 @@ import pathlib
 import secrets
 import time
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
+from ..config import FilesConfig
 from ..domain.validation import RECORD_ID
 
 TEMP_SUFFIX = ".part"
@@ -141,27 +142,17 @@ class ResultFiles:
         return removed
 
 
-def open_files(data_dir: str | os.PathLike, files_url: str | None = None, files_dir: str | None = None,
-               s3_endpoint: str | None = None, s3_region: str | None = None):
-    """The result files of a process: `files_url` (file:///path or s3://bucket/prefix), else
-    `files_dir`, else <data_dir>/files. An S3 bucket is checked now (ValueError naming it when it is
-    missing or out of reach), so a misconfigured process stops at start-up."""
-    if files_url and files_dir:
-        raise ValueError("give --files-url or --files-dir, not both")
-    if not files_url:
-        return ResultFiles(files_dir or pathlib.Path(data_dir) / "files")
-    parts = urlsplit(files_url)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost") or not parts.path:
-            raise ValueError(f"--files-url {files_url!r}: a local directory is file:///absolute/path")
-        return ResultFiles(unquote(parts.path))
-    if parts.scheme == "s3":
-        from .s3files import S3Files
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("--files-url s3://bucket/prefix takes no credentials, query or fragment: credentials"
-                             " come from the AWS_* variables or a profile")
-        files = S3Files(parts.netloc, parts.path.strip("/"), scratch_dir=data_dir, endpoint=s3_endpoint,
-                        region=s3_region)
-        files.check_bucket()
-        return files
-    raise ValueError(f"--files-url {files_url!r}: use file:///path or s3://bucket/prefix")
+def open_files(config: FilesConfig, data_dir: str | os.PathLike):
+    """The result files of a process, where `config` resolved against `data_dir` says (a local
+    directory, or an S3 bucket with its scratch space in `data_dir`). An S3 bucket is checked now
+    (ValueError naming it when it is missing or out of reach), so a misconfigured process stops at
+    start-up."""
+    config = config.resolved(data_dir)
+    if config.dir is not None:
+        return ResultFiles(config.dir)
+    from .s3files import S3Files
+    parts = urlsplit(config.url)
+    files = S3Files(parts.netloc, parts.path.strip("/"), scratch_dir=data_dir, endpoint=config.s3_endpoint,
+                    region=config.s3_region)
+    files.check_bucket()
+    return files

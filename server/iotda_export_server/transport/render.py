@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from google.protobuf import json_format, struct_pb2
 
 from iotda.export.v1 import batch_task_pb2 as bpb
@@ -12,7 +14,7 @@ from ..domain import ids, rules
 from ..domain.batches import JSON_FIELDS, CreateBatchRequest, SubtaskResult
 from ..domain.errors import invalid
 from ..domain.exports import CreateExportRequest, ListExportFilter
-from ..domain.model import BatchTask, ExportTask, Page, Subtask
+from ..domain.model import BatchTask, ExportTask, InvalidResourceCondition, Page, ResourceCondition, Subtask
 
 
 def export_task(t: ExportTask) -> epb.ExportTask:
@@ -35,15 +37,33 @@ def page(p: Page) -> cpb.Page:
 
 
 def create_export_request(r: epb.CreateExportTaskRequest) -> CreateExportRequest:
+    condition = ResourceCondition(r.resource_condition.task_id) if r.HasField("resource_condition") else None
     return CreateExportRequest(
-        resource_type=r.resource_type, task_id=r.resource_condition.task_id,
-        has_resource_condition=r.HasField("resource_condition"), export_format=r.export_format,
+        resource_type=r.resource_type, resource_condition=condition, export_format=r.export_format,
         app_type=r.app_type, app_id=r.app_id, request_id=r.request_id)
 
 
 def list_export_filter(r: epb.ListExportTasksRequest) -> ListExportFilter:
-    return ListExportFilter(resource_type=r.resource_type, resource_condition=r.resource_condition,
+    return ListExportFilter(resource_type=r.resource_type, resource_condition=resource_condition(r.resource_condition),
                             app_type=r.app_type, app_id=r.app_id)
+
+
+def resource_condition(text: str) -> ResourceCondition | InvalidResourceCondition | None:
+    """ListExportTasks' resource_condition, JSON text like {"task_id":"<batch task id>"}, read into the
+    domain's value: empty text and {} filter nothing. Text that cannot be read is not refused here but
+    handed on as an InvalidResourceCondition, so that the domain reports it with the other fields'
+    violations in one INVALID_ARGUMENT; the task ID itself the domain checks, as for a create."""
+    if not text:
+        return None
+    if len(text) > rules.MAX_RESOURCE_CONDITION_CHARS:  # before parsing it
+        return InvalidResourceCondition(f"must be at most {rules.MAX_RESOURCE_CONDITION_CHARS} characters")
+    try:
+        cond = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep JSON
+        cond = None
+    if not isinstance(cond, dict) or set(cond) - {"task_id"} or not isinstance(cond.get("task_id", ""), str):
+        return InvalidResourceCondition('must be JSON text like {"task_id":"<batch task id>"}')
+    return ResourceCondition(cond["task_id"]) if "task_id" in cond else None
 
 
 def optional_int(msg, name: str) -> int | None:
