@@ -28,7 +28,7 @@ def _sha256_file(path: str) -> str:
 
 
 def fast(data_dir: str, task_id: str) -> dict:
-    from iotda_export_server.runner.worker import _fixed_mmap_threshold, write_subtasks
+    from iotda_export_server.runner.worker import READ_BATCH_ROWS, _fixed_mmap_threshold, write_subtasks
     from iotda_export_server.store.files import LocalUpload
     from iotda_export_server.runner.xls import XlsZipWriter
     from iotda_export_server.store import open_store
@@ -42,7 +42,7 @@ def fast(data_dir: str, task_id: str) -> dict:
     with store.snapshot() as snap:
         total = snap.count_subtasks(task_id)
         with XlsZipWriter(out, "export.xls") as writer:
-            write_subtasks(snap, task_id, writer)
+            write_subtasks(snap.stream_subtask_columns(task_id, READ_BATCH_ROWS), writer)
             rows = writer.finish()
     size, _ = LocalUpload(pathlib.Path(out)).complete()
     seconds = time.perf_counter() - start
@@ -65,7 +65,7 @@ def fast(data_dir: str, task_id: str) -> dict:
 def s3(data_dir: str, task_id: str, files_url: str) -> dict:
     """The worker's path with the zip streamed into a multipart upload (store/s3files.py), completed;
     the object is deleted afterwards. Credentials and endpoint from the AWS_* variables."""
-    from iotda_export_server.runner.worker import write_subtasks
+    from iotda_export_server.runner.worker import READ_BATCH_ROWS, write_subtasks
     from iotda_export_server.config import FilesConfig
     from iotda_export_server.runner.xls import XlsZipWriter
     from iotda_export_server.store import open_store
@@ -80,7 +80,7 @@ def s3(data_dir: str, task_id: str, files_url: str) -> dict:
         upload = files.begin("f" * 24, f"bench{os.getpid()}")
         try:
             with XlsZipWriter(None, "export.xls", sink=upload.sink, temp_dir=upload.temp_dir) as writer:
-                write_subtasks(snap, task_id, writer)
+                write_subtasks(snap.stream_subtask_columns(task_id, READ_BATCH_ROWS), writer)
                 rows = writer.finish()
             size, sha = upload.complete()
         except BaseException:

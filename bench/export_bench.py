@@ -132,7 +132,7 @@ def profile(data, top: int = 25) -> str:
         from pyinstrument import Profiler
     except ImportError:
         return "(pyinstrument is not installed: `pip install -e '.[dev]'`)"
-    from iotda_export_server.runner.worker import write_subtasks
+    from iotda_export_server.runner.worker import READ_BATCH_ROWS, write_subtasks
     from iotda_export_server.runner.xls import XlsZipWriter
     from iotda_export_server.store import open_store
 
@@ -142,7 +142,7 @@ def profile(data, top: int = 25) -> str:
     profiler.start()
     with store.snapshot() as snap:
         with XlsZipWriter(out, "export.xls") as writer:
-            write_subtasks(snap, data.task_id, writer)
+            write_subtasks(snap.stream_subtask_columns(data.task_id, READ_BATCH_ROWS), writer)
             writer.finish()
     profiler.stop()
     os.unlink(out)

@@ -76,6 +76,11 @@ TARGETS: tuple[Target, ...] = (
         Group(("ExportService.cancel", "ExportService.delete"),
               ("tests/test_mutation_rules.py", "-k", "cancel or delete or visible"), ci=False),
     )),
+    Target("jobs", "server/iotda_export_server/domain/jobs.py", groups=(
+        # The run's transitions and lifecycle; test_requeue.py through a server with no workers.
+        Group(("*",), ("tests/test_jobs.py", "tests/test_requeue.py", "tests/test_mutation_rules.py", "-k",
+                       "test_jobs or test_requeue or rerun or cancel or makes_one_queued")),
+    )),
     Target("rules", "server/iotda_export_server/domain/rules.py", ci=True, groups=(
         Group(("MAX_EXPORT_TASKS_PER_USER", "MAX_UNFINISHED_EXPORT_TASKS_PER_USER", "DOWNLOAD_INTERVAL_SECONDS",
                "DOWNLOAD_FREE_RESUMES", "DOWNLOAD_RESUME_WINDOW_SECONDS", "STATUS_PROCESSING", "STATUS_SUCCESS",

@@ -34,7 +34,8 @@ from iotda.export.v1 import export_task_pb2 as epb
 from iotda_export_server.config import FilesConfig
 from iotda_export_server.domain import errors
 from iotda_export_server.domain.batches import seed_batch_task
-from iotda_export_server.domain.exports import ExportJobs, ExportService
+from iotda_export_server.domain.exports import ExportService
+from iotda_export_server.domain.jobs import ExportJobs
 from iotda_export_server.domain.model import Caller
 from iotda_export_server.runner.worker import run_export
 
@@ -328,7 +329,7 @@ def own_server(request, tmp_path):
 def _run_all(s) -> None:
     jobs = ExportJobs(s.store, s.server.files)
     while (claim := jobs.claim(f"test-{secrets.token_hex(3)}")) is not None:
-        assert run_export(s.store, s.server.files, jobs, claim)
+        assert run_export(s.server.files, jobs, claim)
 
 
 def _caller(s, user) -> Caller:

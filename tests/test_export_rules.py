@@ -37,7 +37,8 @@ from iotda.export.v1 import export_task_pb2_grpc
 from iotda_export_server.domain import ids, rules
 from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.domain.errors import RateLimited
-from iotda_export_server.domain.exports import ExportJobs, ExportService
+from iotda_export_server.domain.exports import ExportService
+from iotda_export_server.domain.jobs import ExportJobs
 from iotda_export_server.domain.model import Caller, ExportTask
 from iotda_export_server.runner.worker import run_export
 
@@ -600,7 +601,7 @@ def test_cancel_fails_the_task_and_a_late_worker_finish_does_not_flip_it(manual_
     assert cancelled.HasField("end_time") and not cancelled.file_available
 
     # The worker now finishes its run: nothing it does may bring the task back.
-    assert run_export(s.store, s.server.files, jobs, claim) is False
+    assert run_export(s.server.files, jobs, claim) is False
     temp = s.server.files.temp_path(t.export_task_id)
     temp.write_bytes(b"PK\x05\x06")
     assert jobs.succeed(claim, temp, rows=50, size=4, sha256="0" * 64) is False

@@ -30,7 +30,8 @@ from iotda_export_server.app import add_principal
 from iotda_export_server.config import FilesConfig
 from iotda_export_server.domain import auth, errors
 from iotda_export_server.domain.batches import seed_batch_task
-from iotda_export_server.domain.exports import CreateExportRequest, ExportJobs, ExportService
+from iotda_export_server.domain.exports import CreateExportRequest, ExportService
+from iotda_export_server.domain.jobs import ExportJobs
 from iotda_export_server.domain.model import Caller, ResourceCondition
 from iotda_export_server.runner.worker import run_export
 from iotda_export_server.store import open_store
@@ -85,7 +86,7 @@ class Backend:
         jobs = ExportJobs(self.store, self.files)
         n = 0
         while (claim := jobs.claim(f"test-{secrets.token_hex(3)}")) is not None:
-            assert run_export(self.store, self.files, jobs, claim)
+            assert run_export(self.files, jobs, claim)
             n += 1
         return n
 
@@ -274,7 +275,7 @@ def test_a_worker_finishing_a_removed_principals_run_drops_its_file(backend):
     claim = jobs.claim("finisher")
     assert claim is not None and claim.task.export_task_id == t.export_task_id
     assert auth.remove_principal(b.store, b.files, creds["user"])  # while the run is running
-    assert run_export(b.store, b.files, jobs, claim) is False  # the row is gone: nothing published
+    assert run_export(b.files, jobs, claim) is False  # the row is gone: nothing published
     temp = b.files.temp_path(t.export_task_id)
     temp.write_bytes(b"PK\x05\x06")
     assert jobs.succeed(claim, temp, rows=300, size=4, sha256=hashlib.sha256(b"PK\x05\x06").hexdigest()) is False

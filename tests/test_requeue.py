@@ -9,7 +9,7 @@ import grpc
 from conftest import make_user, wait_for
 from iotda.export.v1 import export_task_pb2 as epb
 from iotda_export_server.domain.batches import seed_batch_task
-from iotda_export_server.domain.exports import ExportJobs
+from iotda_export_server.domain.jobs import ExportJobs
 from iotda_export_server.testing import ServerThread
 
 

@@ -27,7 +27,8 @@ from iotda_export_server.app import add_principal
 from iotda_export_server.domain import ids, rules
 from iotda_export_server.domain.batches import seed_batch_task
 from iotda_export_server.domain.errors import QuotaExceeded, RateLimited
-from iotda_export_server.domain.exports import CreateExportRequest, ExportJobs, ExportService
+from iotda_export_server.domain.exports import CreateExportRequest, ExportService
+from iotda_export_server.domain.jobs import ExportJobs
 from iotda_export_server.domain.model import Caller, ExportTask, ResourceCondition
 from iotda_export_server.store import open_store
 from iotda_export_server.store.files import ResultFiles

@@ -217,7 +217,7 @@ def export_from(store, task_id: str, path: Path, after_batch=None) -> bytes:
 
     with store.snapshot() as snap:
         with XlsZipWriter(path, INNER) as writer:
-            worker.write_subtasks(snap, task_id, writer, after_batch)
+            worker.write_subtasks(snap.stream_subtask_columns(task_id, worker.READ_BATCH_ROWS), writer, after_batch)
             writer.finish()
     with zipfile.ZipFile(path) as archive:
         return archive.read(INNER)
@@ -273,7 +273,7 @@ def test_empty_task_and_stopped_export_leave_no_cursor(each_store, tmp_path: Pat
     with each_store.snapshot() as snap:
         with XlsZipWriter(tmp_path / "stopped.zip", INNER) as writer:
             with pytest.raises(Stop):
-                worker.write_subtasks(snap, task_id, writer, stop)
+                worker.write_subtasks(snap.stream_subtask_columns(task_id, worker.READ_BATCH_ROWS), writer, stop)
         # The same snapshot goes on after a stopped read: its cursor is gone, not left open.
         if isinstance(each_store, PgStore):
             assert snap.conn.execute("SELECT count(*) FROM pg_cursors").fetchone()[0] == 0
@@ -336,6 +336,7 @@ def test_postgres_connection_lost_mid_read_is_the_database_error(each_store, tmp
                         assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
 
             with XlsZipWriter(tmp_path / "cut.zip", INNER) as writer:
-                worker.write_subtasks(snap, task_id, writer, cut_after_first_block)
+                worker.write_subtasks(snap.stream_subtask_columns(task_id, worker.READ_BATCH_ROWS), writer,
+                                      cut_after_first_block)
     assert database_unavailable(raised.value)
     assert not [t for t in threading.enumerate() if t.name == "subtask-read-ahead"]

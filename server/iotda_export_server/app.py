@@ -20,6 +20,7 @@ from .domain import auth, rules
 from .domain.errors import invalid
 from .domain.batches import BatchService, seed_batch_task
 from .domain.exports import ExportService
+from .domain.jobs import ExportJobs
 from .domain.progress import ProgressHub
 from .metrics import Metrics
 from .runner.supervisor import Supervisor

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .config import WorkerConfig
-from .domain.exports import ExportJobs
+from .domain.jobs import ExportJobs
 from .store import is_postgres, open_store
 from .store.files import open_files
 

@@ -1,5 +1,6 @@
 """Export-task rules: create (quotas, eviction, overwrite, idempotency), list, get, cancel, delete,
-download admission, and the job lifecycle the workers drive.
+download admission. The task's run (its state machine, and the job lifecycle the workers drive) is
+domain/jobs.py's.
 
 Every per-user decision runs inside one store transaction locked for that user (SQLite: BEGIN
 IMMEDIATE; PostgreSQL: an advisory transaction lock), so the counts cannot race.
@@ -9,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from . import ids, pages, rules, validation
 from .errors import (Codes, DataLoss, ExportTaskNotFound, FailedPrecondition, FilesUnavailable, BatchTaskNotFound,
                      OutOfRange, QuotaExceeded, RateLimited, Unauthenticated, invalid)
+from .jobs import cancelled, created
 from .model import Caller, ExportTask, InvalidResourceCondition, Page, ResourceCondition
 
 log = logging.getLogger("iotda_export.exports")
@@ -68,13 +68,6 @@ def inner_file_name(export_task_id: str) -> str:
 def damaged_description(reason: str) -> str:
     """The status_desc of a task whose result file was found damaged."""
     return f"the result file is damaged ({reason}); create the export again to re-run it"
-
-
-def queued_again(now: int) -> dict:
-    """Column values of a run going (back) to the queue, whatever sends it there (a create, a worker
-    handing it back, an expired lease): no run, and progress 1 with no rows while queued."""
-    return dict(run_state="queued", run_token=None, worker_id=None, lease_until=None, queued_at=now,
-                progress=rules.PROGRESS_QUEUED, export_count=0)
 
 
 def _require_principal(tx, caller: Caller) -> None:
@@ -150,9 +143,7 @@ class ExportService:
                         subject=f"user:{caller.principal.user}", limit=rules.MAX_UNFINISHED_EXPORT_TASKS_PER_USER,
                         error_code=Codes.EXPORT_UNFINISHED_LIMIT)
                 if existing is not None:  # same conditions: re-run, the file is replaced on success
-                    tx.update_export_task(
-                        existing.export_task_id, status=rules.STATUS_PROCESSING, status_desc=None,
-                        create_time=now, end_time=None, attempts=0, **queued_again(now))
+                    tx.update_export_task(existing.export_task_id, **created(now))
                     task = tx.export_task(existing.export_task_id)
                 else:
                     while tx.count_export_tasks(owner) >= rules.MAX_EXPORT_TASKS_PER_USER:
@@ -165,10 +156,8 @@ class ExportService:
                         export_task_id=ids.new_id(), owner=owner, project_id=caller.project_id,
                         instance_id=caller.instance_id, resource_type=r.resource_type, batch_task_id=task_id,
                         export_format=export_format, app_type=app_type, app_id=app_id,
-                        conditions_key=conditions_key, status=rules.STATUS_PROCESSING, status_desc=None,
-                        progress=rules.PROGRESS_QUEUED, export_count=0, create_time=now, end_time=None,
-                        version=1, run_state="queued", run_token=None, attempts=0, worker_id=None,
-                        lease_until=None, queued_at=now, file_generation=0, file_size=None, file_sha256=None)
+                        conditions_key=conditions_key, version=1, file_generation=0, file_size=None,
+                        file_sha256=None, **created(now))
                     tx.insert_export_task(task)
             if r.request_id:
                 tx.insert_request(owner, r.request_id, task.export_task_id, now)
@@ -228,9 +217,7 @@ class ExportService:
             if task is None or not _visible(task, caller):
                 raise ExportTaskNotFound(export_task_id)
             if task.unfinished:
-                tx.update_export_task(export_task_id, status=rules.STATUS_FAILED, status_desc="cancelled",
-                                      end_time=self.clock(), run_state="done", run_token=None,
-                                      worker_id=None, lease_until=None)
+                tx.update_export_task(export_task_id, **cancelled(self.clock()))
                 task = tx.export_task(export_task_id)
         self.on_change(export_task_id)
         return task
@@ -410,136 +397,3 @@ def _visible(task: ExportTask, caller: Caller) -> bool:
 
 def _raise(e: Exception):
     raise e
-
-
-# -- the job lifecycle (driven by workers and the supervisor) ------------------------------------
-
-@dataclass(frozen=True)
-class Claim:
-    task: ExportTask
-    run_token: str
-    claimed_at: float = field(default_factory=time.monotonic)
-
-
-class ExportJobs:
-    """Claiming, progress, completion and recovery of export runs."""
-
-    def __init__(self, store, files, clock=ids.now_ms, lease_seconds: float = 30.0, on_change=None,
-                 on_finished=None):
-        self.store = store
-        self.files = files
-        self.clock = clock
-        self.lease_ms = int(lease_seconds * 1000)
-        # Told the id of each task a run changed, after the commit (watchers in other processes),
-        # and (export_task_id, outcome, rows, seconds) of each run that ended (metrics).
-        self.on_change = on_change or (lambda _export_task_id: None)
-        self.on_finished = on_finished or (lambda _export_task_id, _outcome, _rows, _seconds: None)
-
-    def _changed(self, claim: Claim, current: bool) -> bool:
-        if current:
-            self.on_change(claim.task.export_task_id)
-        return current
-
-    def claim(self, worker_id: str) -> Claim | None:
-        if not self.store.reader().has_queued_export():
-            return None
-        token = secrets.token_hex(8)
-        now = self.clock()
-        with self.store.transaction() as tx:
-            task = tx.claim_export(worker_id, token, now, now + self.lease_ms)
-        if task is None:
-            return None
-        claim = Claim(task, token)
-        return claim if self._changed(claim, True) else None
-
-    def heartbeat(self, claim: Claim) -> bool:
-        """Extends the lease; False when the run is no longer current (cancelled, deleted, re-run)."""
-        with self.store.transaction() as tx:
-            return tx.renew_lease(claim.task.export_task_id, claim.run_token, self.clock() + self.lease_ms)
-
-    def progress(self, claim: Claim, rows_done: int, rows_total: int) -> bool:
-        """Records progress (1-99); False when the run is no longer current."""
-        share = rows_done / rows_total if rows_total else 1.0
-        progress = max(rules.PROGRESS_QUEUED, min(rules.PROGRESS_MAX_RUNNING, 1 + int(share * 98)))
-        with self.store.transaction() as tx:
-            current = tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
-                                            progress=progress, export_count=rows_done,
-                                            lease_until=self.clock() + self.lease_ms)
-        return self._changed(claim, current)
-
-    def succeed(self, claim: Claim, upload, rows: int, size: int, sha256: str) -> bool:
-        """Publishes the file and marks Success in one locked step; False (file dropped) when the run
-        is no longer current. The publish (a rename, or recording the complete object's key) happens
-        under the lock so a concurrent delete either comes first (the row is gone) or removes the
-        published file. A replaced object is deleted after the commit."""
-        task_id = claim.task.export_task_id
-        with self.store.transaction(lock_key=claim.task.owner) as tx:
-            current = tx.export_task(task_id)
-            if current is None or current.run_token != claim.run_token or current.run_state != "running":
-                self.files.drop(upload)
-                return False
-            key = self.files.publish(upload, task_id)
-            tx.update_export_task(task_id, status=rules.STATUS_SUCCESS, status_desc=None,
-                                  progress=rules.PROGRESS_DONE, export_count=rows, end_time=self.clock(),
-                                  run_state="done", run_token=None, worker_id=None, lease_until=None,
-                                  file_generation=current.file_generation + 1, file_size=size, file_sha256=sha256,
-                                  file_key=key)
-        if current.file_key and current.file_key != key:
-            try:
-                self.files.discard(current.file_key)
-            except FilesUnavailable:  # the sweep deletes it: no row names it any more
-                log.warning("the replaced file of %s stays until the sweep: %s", task_id, current.file_key)
-        self.on_finished(task_id, "success", rows, time.monotonic() - claim.claimed_at)
-        return self._changed(claim, True)
-
-    def release(self, claim: Claim) -> bool:
-        """Gives a run back to the queue (the worker is stopping); the attempt does not count."""
-        with self.store.transaction() as tx:
-            current = tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
-                                            attempts=max(claim.task.attempts - 1, 0), **queued_again(self.clock()))
-        return self._changed(claim, current)
-
-    def fail(self, claim: Claim, reason: str) -> bool:
-        with self.store.transaction(lock_key=claim.task.owner) as tx:
-            current = tx.update_export_task(claim.task.export_task_id, expect_run_token=claim.run_token,
-                                            status=rules.STATUS_FAILED, status_desc=reason, end_time=self.clock(),
-                                            run_state="done", run_token=None, worker_id=None, lease_until=None)
-        if current:
-            self.on_finished(claim.task.export_task_id, "failed", 0, time.monotonic() - claim.claimed_at)
-        return self._changed(claim, current)
-
-    @property
-    def files_swept_periodically(self) -> bool:
-        """Object stores are swept while running (a crash between completing an object and recording
-        it leaves one no start-up would see soon); the local directory at start-up only."""
-        return bool(getattr(self.files, "sweep_while_running", False))
-
-    def sweep_files(self, grace_seconds: float) -> list[str]:
-        """Removes result files no task records and uploads no running task owns (older than the grace)."""
-        return self.files.sweep_orphans(self.store.reader(), grace_seconds)
-
-    def recover(self, only_expired: bool = True) -> list[str]:
-        """Runs whose worker died: queue them again, or mark Failed after MAX_EXPORT_ATTEMPTS.
-
-        With only_expired=False (start-up of the embedded server, which owns its data directory)
-        every running export is orphaned and recovered at once."""
-        changed = []
-        orphans = []  # the dead runs' temporary files, listed before the task can be claimed again
-        with self.store.transaction() as tx:
-            now = self.clock()
-            for task in tx.running_exports(lease_expired_before=now if only_expired else None):
-                try:
-                    orphans += self.files.temp_files(task.export_task_id)
-                except FilesUnavailable as exc:  # the sweep aborts them later: requeue the task anyway
-                    log.warning("the uploads of %s stay until the sweep: %s", task.export_task_id, exc)
-                if task.attempts >= rules.MAX_EXPORT_ATTEMPTS:
-                    tx.update_export_task(
-                        task.export_task_id, expect_run_token=task.run_token, status=rules.STATUS_FAILED,
-                        end_time=now, run_state="done",
-                        status_desc=f"the export was interrupted {task.attempts} times (worker lost); giving up",
-                        run_token=None, worker_id=None, lease_until=None)
-                else:
-                    tx.update_export_task(task.export_task_id, expect_run_token=task.run_token, **queued_again(now))
-                changed.append(task.export_task_id)
-        self.files.drop_temp(orphans)  # a later run of the task writes under another name
-        return changed

@@ -21,7 +21,7 @@ import time
 
 from ..config import WorkerConfig
 from ..domain import rules
-from ..domain.exports import ExportJobs
+from ..domain.jobs import ExportJobs
 
 log = logging.getLogger("iotda_export.supervisor")
 NOTIFY_MIN_INTERVAL_SECONDS = 0.1

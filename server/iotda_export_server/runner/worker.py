@@ -20,14 +20,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from .. import logs
 from ..assembly import open_backend
 from ..config import WorkerConfig
 from ..domain import rules
 from ..domain.errors import FilesUnavailable
-from ..domain.exports import Claim, ExportJobs, inner_file_name
+from ..domain.exports import inner_file_name
+from ..domain.jobs import Claim, ExportJobs
 from ..store import database_unavailable
 from ..store.changes import ChangeAnnouncer
 from .xls import XlsZipWriter
@@ -88,7 +89,7 @@ def _fixed_mmap_threshold() -> None:
         pass
 
 
-def run_export(store, files, jobs: ExportJobs, claim: Claim,
+def run_export(files, jobs: ExportJobs, claim: Claim,
                shutdown: "threading.Event | _Flag | None" = None) -> bool:
     """Runs one claimed export to Success or Failed (or back to the queue on shutdown). Returns
     True on Success."""
@@ -109,12 +110,11 @@ def run_export(store, files, jobs: ExportJobs, claim: Claim,
     beat.start()
     upload = None
     try:
-        with store.snapshot() as snap:  # one consistent view of the sub-tasks for the whole export
-            batch = snap.batch_task(task.project_id, task.instance_id, task.batch_task_id, with_progress=False)
-            if batch is None:
+        with jobs.rows(claim, READ_BATCH_ROWS) as rows:  # one consistent view for the whole export
+            if rows is None:
                 jobs.fail(claim, f"the batch task {task.batch_task_id} no longer exists")
                 return False
-            total = snap.count_subtasks(task.batch_task_id)
+            total = rows.total
             # The zip goes to a temporary file, or straight into the object store as it is written.
             upload = files.begin(task.export_task_id, claim.run_token)
             writer = XlsZipWriter(upload.path, inner_file_name(task.export_task_id), sink=upload.sink,
@@ -134,7 +134,7 @@ def run_export(store, files, jobs: ExportJobs, claim: Claim,
                         raise RunCancelled()
 
             with writer:
-                write_subtasks(snap, task.batch_task_id, writer, after_batch)
+                write_subtasks(rows.blocks, writer, after_batch)
                 rows_written = writer.finish()
         size, sha256 = upload.complete()
         if not jobs.succeed(claim, upload, rows_written, size, sha256):
@@ -172,12 +172,12 @@ def run_export(store, files, jobs: ExportJobs, claim: Claim,
             upload.abort()  # a no-op once published: only a run that did not publish leaves something
 
 
-def write_subtasks(snap, batch_task_id: str, writer: XlsZipWriter,
+def write_subtasks(blocks: Iterator[list[Sequence[str]]], writer: XlsZipWriter,
                    after_batch: Callable[[int], None] | None = None) -> int:
-    """Streams the batch task's sub-tasks, in ID order, from the snapshot into the writer, in blocks
-    of READ_BATCH_ROWS (the store's stream_subtask_columns); after_batch(rows done so far) runs after
-    each block (and may raise to stop). Returns the rows written. A block goes to the writer as
-    columns: no Python per row or cell here."""
+    """Writes the blocks of sub-tasks (ExportJobs.rows's, read READ_BATCH_ROWS at a time) into the
+    writer, and closes them; after_batch(rows done so far) runs after each block (and may raise to
+    stop). Returns the rows written. A block goes to the writer as columns: no Python per row or
+    cell here."""
     done = 0
     # The blocks make millions of short-lived tuples, each a trigger for the cyclic GC, which
     # then costs ~10 % of an export while finding nothing: refcounting frees all of it. Paused
@@ -187,7 +187,7 @@ def write_subtasks(snap, batch_task_id: str, writer: XlsZipWriter,
     try:
         # Closed here, not whenever the generator is collected: the store's cursor must go before
         # the snapshot does, also when after_batch stops the export.
-        with contextlib.closing(snap.stream_subtask_columns(batch_task_id, READ_BATCH_ROWS)) as blocks:
+        with contextlib.closing(blocks):
             for columns in blocks:
                 writer.write_columns(columns)
                 done += len(columns[0])
@@ -265,7 +265,7 @@ def worker_main(config: WorkerConfig, worker_id: str, parent_pid: int) -> None:
             continue
         log.info("export %s claimed (attempt %d of %d)", claim.task.export_task_id, claim.task.attempts,
                  rules.MAX_EXPORT_ATTEMPTS)
-        run_export(store, files, jobs, claim, stop)
+        run_export(files, jobs, claim, stop)
     store.close()
 
 
