@@ -14,7 +14,8 @@ from iotda_export_server.domain import rules
 from iotda_export_server.domain.batches import BatchService, CreateBatchRequest, SubtaskResult, seed_batch_task
 from iotda_export_server.domain.errors import (BatchTaskNotFound, ExportTaskNotFound, FailedPrecondition,
                                                InvalidArgument, QuotaExceeded, RateLimited)
-from iotda_export_server.domain.exports import CreateExportRequest, ExportJobs, ExportService, ListExportFilter
+from iotda_export_server.domain.exports import CreateExportRequest, ExportService, ListExportFilter
+from iotda_export_server.domain.jobs import ExportJobs
 from iotda_export_server.domain.model import Caller, ResourceCondition
 from iotda_export_server.store.memory import InMemoryStore
 
