@@ -10,7 +10,7 @@ import io
 import pytest
 
 from iotda_export_server.app import add_principal
-from iotda_export_server.domain import rules
+from iotda_export_server.domain import jobs, rules
 from iotda_export_server.domain.batches import BatchService, CreateBatchRequest, SubtaskResult, seed_batch_task
 from iotda_export_server.domain.errors import (BatchTaskNotFound, ExportTaskNotFound, FailedPrecondition,
                                                InvalidArgument, QuotaExceeded, RateLimited)
@@ -67,10 +67,8 @@ class Rig:
         """The run ends with a published file (what a worker's success records)."""
         with self.store.transaction() as tx:
             task = tx.export_task(export_task_id)
-            tx.update_export_task(export_task_id, status=rules.STATUS_SUCCESS, progress=rules.PROGRESS_DONE,
-                                  end_time=self.now[0], run_state="done", run_token=None, worker_id=None,
-                                  lease_until=None, file_generation=task.file_generation + 1,
-                                  file_size=len(FILE), file_sha256="0" * 64)
+            tx.update_export_task(export_task_id, **jobs.succeeded(self.now[0], rows=3),
+                                  file_generation=task.file_generation + 1, file_size=len(FILE), file_sha256="0" * 64)
 
 
 @pytest.fixture
