@@ -29,7 +29,7 @@ from ..domain import rules
 from ..domain.errors import FilesUnavailable, StoreUnavailable
 from ..domain.exports import inner_file_name
 from ..domain.jobs import Claim, ExportJobs
-from ..store.changes import ChangeAnnouncer
+from .notices import ChangeAnnouncer
 from .xls import XlsZipWriter
 
 log = logging.getLogger("iotda_export.worker")
