@@ -197,3 +197,15 @@ def test_the_docs_write_credentials_with_output_and_git_ignores_them():
     r = subprocess.run(["git", "check-ignore", "--no-index", *sorted(named)], cwd=ROOT, capture_output=True,
                        text=True)
     assert sorted(r.stdout.split()) == sorted(named), f"not ignored: {sorted(named - set(r.stdout.split()))}"
+
+
+def test_every_path_the_architecture_page_names_exists():
+    # The page names modules in backticks (`domain/jobs.py`, `runner/xls/`, `api/`): relative to the
+    # server package, or to the repository when they start with a top folder. A move that forgets the
+    # page fails here.
+    text = (DOCS / "architecture.md").read_text()
+    package = ROOT / "server" / "iotda_export_server"
+    named = set(re.findall(r"`([A-Za-z_][\w./-]*(?:\.py|\.sql|\.proto|/))`", text))
+    assert len(named) > 30  # the pattern reads the page's paths
+    missing = sorted(p for p in named if not (package / p).exists() and not (ROOT / p).exists())
+    assert missing == []

@@ -405,3 +405,80 @@ def test_a_snapshot_does_not_see_later_commits(store) -> None:
 def test_the_schema_is_current_and_reachable(store) -> None:
     version = store.schema_version()
     assert version >= 5 and store.check_schema() == version == store.check_reachable() == store.migrate()
+
+
+# -- passing failures leave as StoreUnavailable ----------------------------------------------------
+
+def _public_methods(cls) -> dict:
+    return {name: member for name, member in vars(cls).items()
+            if not name.startswith("_") and callable(member)}
+
+
+@pytest.mark.parametrize("module", ["sqlite", "postgres"])
+def test_every_query_method_turns_driver_outages_into_store_unavailable(module) -> None:
+    # A method added to a store later is wrapped too (the class decorator); this proves it is, and that
+    # the query class offers the whole contract.
+    import importlib
+
+    from iotda_export_server.store import contract
+    tx_class = {"sqlite": "SqliteTx", "postgres": "PgTx"}[module]
+    methods = _public_methods(getattr(importlib.import_module(f"iotda_export_server.store.{module}"), tx_class))
+    unwrapped = sorted(name for name, method in methods.items() if not hasattr(method, "__wrapped__"))
+    assert unwrapped == []
+    wanted = {name for proto in (contract.StoreReader, contract.StoreTx, contract.StoreSnapshot)
+              for name in vars(proto) if not name.startswith("_")}
+    assert wanted <= set(methods)
+
+
+def test_sqlite_locked_past_its_busy_timeout_is_store_unavailable_busy(tmp_path, monkeypatch) -> None:
+    import sqlite3
+
+    from iotda_export_server.domain.errors import StoreUnavailable
+    from iotda_export_server.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 100)  # read when this thread's connection opens
+    store = sqlite_store.SqliteStore(tmp_path / "busy.db")
+    store.migrate()
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        with pytest.raises(StoreUnavailable) as raised:
+            with store.transaction():
+                pass
+        assert raised.value.busy
+        assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+        with pytest.raises(StoreUnavailable):  # a query method, not only BEGIN
+            store.reader().insert_request("owner", "request", "task", 1)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    with store.transaction() as tx:  # passes: the lock is free again
+        tx.insert_request("owner", "request", "task", 1)
+    store.close()
+
+
+def test_postgres_out_of_reach_is_store_unavailable_and_names_no_password() -> None:
+    import psycopg
+
+    from iotda_export_server.domain.errors import StoreUnavailable
+    from iotda_export_server.store.postgres import PgStore
+
+    # Port 1: nothing listens; the password must not reach the message (libpq never echoes it).
+    store = PgStore("postgresql://postgres:s3cret-pass@127.0.0.1:1/nothing?connect_timeout=2")
+    for attempt in (lambda: store.reader().export_task("x"), lambda: store.transaction().__enter__(),
+                    lambda: store.snapshot().__enter__(), store.schema_version):
+        with pytest.raises(StoreUnavailable) as raised:
+            attempt()
+        assert not raised.value.busy
+        assert isinstance(raised.value.__cause__, psycopg.OperationalError)
+        assert "s3cret-pass" not in str(raised.value)
+
+
+def test_the_transport_answers_store_unavailable_as_unavailable_without_its_words() -> None:
+    from iotda_export_server.domain.errors import StoreUnavailable
+    from iotda_export_server.transport import errors
+
+    busy = errors.from_exception(StoreUnavailable("the database is busy (database is locked)", busy=True), "r1")
+    gone = errors.from_exception(StoreUnavailable("the database is unavailable (OperationalError: host x)"), "r2")
+    assert (errors.grpc_code(busy).name, busy.message) == ("UNAVAILABLE", "The service is busy; retry shortly.")
+    assert (errors.grpc_code(gone).name, gone.message) == ("UNAVAILABLE", "The database is unavailable; retry shortly.")

@@ -18,7 +18,7 @@ from iotda.export.v1 import export_task_pb2_grpc as epb_grpc
 from iotda_export_server.config import FilesConfig
 from iotda_export_server.domain import rules
 from iotda_export_server.domain.batches import seed_batch_task
-from iotda_export_server.store.changes import SOCKET_NAME, ChangeAnnouncer, ChangeListener
+from iotda_export_server.runner.notices import SOCKET_NAME, ChangeAnnouncer, ChangeListener
 from iotda_export_server.testing import ServerThread
 
 from conftest import make_user, wait_for, worker_process

@@ -312,21 +312,21 @@ def test_only_xlwt_1_3_0() -> None:
 
 
 @pytest.mark.parametrize("each_store", ["postgresql"], indirect=True)
-def test_postgres_connection_lost_mid_read_is_the_database_error(each_store, tmp_path: Path) -> None:
+def test_postgres_connection_lost_mid_read_is_store_unavailable(each_store, tmp_path: Path) -> None:
     # The export's snapshot backend terminated between blocks (a restart, a cut network): the read
-    # raises the database's own error, the one the worker leaves to the lease for a retry; the
-    # read-ahead thread is gone with it.
+    # raises StoreUnavailable (the driver's error chained to it), the one the worker leaves to the
+    # lease for a retry; the read-ahead thread is gone with it.
     import threading
 
     import psycopg
 
+    from iotda_export_server.domain.errors import StoreUnavailable
     from iotda_export_server.runner import worker
-    from iotda_export_server.store import database_unavailable
 
     import pg_support as ps
 
     task_id = seed_rows(each_store, stored_rows(20_000, seed=25), seed=25)
-    with pytest.raises(psycopg.OperationalError) as raised:  # out of the snapshot, as in run_export
+    with pytest.raises(StoreUnavailable) as raised:  # out of the snapshot, as in run_export
         with each_store.snapshot() as snap:
             pid = snap.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
 
@@ -338,5 +338,6 @@ def test_postgres_connection_lost_mid_read_is_the_database_error(each_store, tmp
             with XlsZipWriter(tmp_path / "cut.zip", INNER) as writer:
                 worker.write_subtasks(snap.stream_subtask_columns(task_id, worker.READ_BATCH_ROWS), writer,
                                       cut_after_first_block)
-    assert database_unavailable(raised.value)
+    assert isinstance(raised.value.__cause__, psycopg.OperationalError)
+    assert not raised.value.busy
     assert not [t for t in threading.enumerate() if t.name == "subtask-read-ahead"]

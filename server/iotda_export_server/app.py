@@ -24,7 +24,7 @@ from .domain.jobs import ExportJobs
 from .domain.progress import ProgressHub
 from .metrics import Metrics
 from .runner.supervisor import Supervisor
-from .store.changes import ChangeListener
+from .runner.notices import ChangeListener
 from .store import is_postgres, open_store
 
 log = logging.getLogger("iotda_export.server")

@@ -506,9 +506,9 @@ def _server_refusal(e: Exception) -> int:
         for v in getattr(e, "violations", []):
             print(f"  {v.field}: {v.description}", file=sys.stderr)
         return 2 if isinstance(e, InvalidArgument) else 1
-    from iotda_export_server.store import database_unavailable
-    if database_unavailable(e):  # local administration (seed, principal) on a lost PostgreSQL
-        err(f"the database is unavailable: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    from iotda_export_server.domain.errors import StoreUnavailable
+    if isinstance(e, StoreUnavailable):  # local administration (seed, principal) on a lost PostgreSQL
+        err(str(e))
         return 1
     raise e
 

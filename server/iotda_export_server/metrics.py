@@ -15,7 +15,7 @@ One registry per ExportServer (tests run several in one process). Names start wi
 - Exports queued and running: read from the store at scrape time, so every replica reports the
   fleet's figures, not its own share.
 - Finished export runs: duration, rows and rows/s, observed by this process for the runs its own
-  workers finished (they report each one over the change-notice socket, store/changes.py).
+  workers finished (they report each one over the change-notice socket, runner/notices.py).
 """
 
 from __future__ import annotations

@@ -166,6 +166,20 @@ class Codes:
     UNAVAILABLE = "IOTDA.000503"
 
 
+class StoreUnavailable(Exception):
+    """The state cannot be read or written now: the shared database is out of reach (restarting, a
+    connection cut or terminated), or, `busy`, the embedded one stayed locked by another writer past
+    its wait. A condition that passes, not a fault of the request or of the work it interrupted: the
+    transport answers UNAVAILABLE, a worker leaves its export to run again once its lease expires.
+    Each store raises it for its own driver's errors of that kind (store/sqlite.py, store/postgres.py),
+    so nothing above the store knows a driver. The message is for the log (it may name the database's
+    host, never a password); callers answer with their own words."""
+
+    def __init__(self, message: str, busy: bool = False):
+        super().__init__(message)
+        self.busy = busy
+
+
 class FilesUnavailable(Exception):
     """The result files' store cannot be reached now (an object store down, timing out, refusing):
     a condition that passes, not a fault of the request; the transport answers UNAVAILABLE with this

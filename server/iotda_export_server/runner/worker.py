@@ -26,11 +26,10 @@ from .. import logs
 from ..assembly import open_backend
 from ..config import WorkerConfig
 from ..domain import rules
-from ..domain.errors import FilesUnavailable
+from ..domain.errors import FilesUnavailable, StoreUnavailable
 from ..domain.exports import inner_file_name
 from ..domain.jobs import Claim, ExportJobs
-from ..store import database_unavailable
-from ..store.changes import ChangeAnnouncer
+from .notices import ChangeAnnouncer
 from .xls import XlsZipWriter
 
 log = logging.getLogger("iotda_export.worker")
@@ -150,14 +149,10 @@ def run_export(files, jobs: ExportJobs, claim: Claim,
         log.info("export %s stopped: the run was cancelled, deleted or re-queued", task.export_task_id)
         return False
     except Exception as exc:
-        if isinstance(exc, FilesUnavailable):
-            # As with the database: the store comes back, the lease expires and the export runs again.
+        if isinstance(exc, (FilesUnavailable, StoreUnavailable)):
+            # Not the export's failure: the database or the files' store comes back, the lease (no
+            # longer renewed) expires and the export runs again.
             log.warning("export %s interrupted: %s; it runs again once its lease expires", task.export_task_id, exc)
-            return False
-        if database_unavailable(exc):
-            # Not the export's failure: its lease (no longer renewed) expires and it runs again.
-            log.warning("export %s interrupted: the database is unavailable (%s); it runs again once its"
-                        " lease expires", task.export_task_id, exc)
             return False
         log.exception("export %s failed", task.export_task_id)
         reason = _reason(exc)

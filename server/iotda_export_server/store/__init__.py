@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import sys
 
 from .contract import Store
 
 
 def is_postgres(database: str | None) -> bool:
     return bool(database) and database.startswith(("postgresql://", "postgres://"))
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """The shared database was out of reach (restarting, a connection cut or terminated): a condition
-    that passes, not a fault of the work that was interrupted. SQLite never raises it."""
-    psycopg = sys.modules.get("psycopg")  # imported only by processes that use PostgreSQL
-    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 def open_store(data_dir: str | os.PathLike, database: str | None = None, migrate: bool = True) -> Store:

@@ -8,6 +8,11 @@ The surface is in three layers: `StoreReader` (reads), `StoreTx` (reads and writ
 transaction), `StoreSnapshot` (a read-only consistent view that can stream a batch task's
 sub-tasks). Records are the domain's (domain/model.py) and DownloadMark (store/records.py); no row
 object of a driver leaves a store. Times are milliseconds since the epoch, as the domain gives them.
+
+Errors: a passing failure of the database (out of reach, restarting, a connection cut; SQLite locked
+past its busy timeout) leaves every method as the domain's StoreUnavailable, never as the driver's
+error (store/records.py `raises_unavailable`), so callers above the store know no driver. Other
+database errors are faults and propagate as they are.
 """
 
 from __future__ import annotations
@@ -194,7 +199,8 @@ class StoreSnapshot(StoreReader, Protocol):
         five columns of equal length: (targets, statuses, outputs, error_codes, error_msgs). One
         read of the snapshot's view; no Python object per row survives a block (the columns are
         what the xls writer takes). Close the iterator (or exhaust it) before the snapshot ends.
-        Database errors propagate as they are (store.database_unavailable tells a passing one)."""
+        A passing failure of the database (here or while iterating) raises StoreUnavailable, as
+        every method of the contract does; other database errors propagate as they are."""
 
 
 class Store(Protocol):

@@ -25,9 +25,10 @@ from typing import Any
 
 import psycopg
 
+from ..domain.errors import StoreUnavailable
 from ..domain.model import BatchTask, ExportTask, Principal, Subtask, TaskProgress
 from . import records
-from .records import DownloadMark, SchemaError
+from .records import DownloadMark, SchemaError, raises_unavailable, unavailable_raised
 from .sql import queries
 
 log = logging.getLogger("iotda_export.store.postgres")
@@ -47,6 +48,18 @@ def migrations() -> list[tuple[int, str]]:
     return [(int(p.name.split("_", 1)[0]), p.read_text()) for p in sorted(MIGRATIONS_DIR.glob("*.sql"))]
 
 
+def _unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """psycopg's passing failures: the server out of reach, restarting, or this connection cut or
+    terminated (OperationalError, AdminShutdown among them). Every other error is a fault (a bad
+    query, a violated constraint) and stays what it is. The message names the failure's first line
+    (host and port at most: libpq never puts a password in one)."""
+    if isinstance(exc, psycopg.OperationalError):
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        return StoreUnavailable(f"the database is unavailable ({type(exc).__name__}: {detail})")
+    return None
+
+
+@raises_unavailable(_unavailable)
 class PgTx:
     """The store contract's reads and writes (StoreTx, StoreSnapshot) on one connection, inside a
     transaction when opened by one. `conn` is the psycopg connection (tests of this store use it)."""
@@ -340,33 +353,37 @@ class PgStore:
 
     @contextlib.contextmanager
     def transaction(self, lock_key: str | None = None) -> Iterator[PgTx]:
-        conn = self._conn()
-        with conn.transaction():
-            if lock_key is not None:
-                conn.execute(Q["lock_key"], (lock_key,))
-            yield PgTx(conn)
+        with unavailable_raised(_unavailable):
+            conn = self._conn()
+            with conn.transaction():
+                if lock_key is not None:
+                    conn.execute(Q["lock_key"], (lock_key,))
+                yield PgTx(conn)
 
     def reader(self) -> PgTx:
-        return PgTx(self._conn())
+        with unavailable_raised(_unavailable):  # connecting, when this thread has no live connection
+            return PgTx(self._conn())
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[PgTx]:
         """One consistent read-only view for a long export, on its own connection."""
-        conn = self._connect(autocommit=False)
-        try:
-            conn.execute(Q["read_only_snapshot"])
-            yield PgTx(conn)
-            conn.rollback()
-        finally:
-            conn.close()
+        with unavailable_raised(_unavailable):
+            conn = self._connect(autocommit=False)
+            try:
+                conn.execute(Q["read_only_snapshot"])
+                yield PgTx(conn)
+                conn.rollback()
+            finally:
+                conn.close()
 
     # -- schema ----------------------------------------------------------------------------------
 
     def schema_version(self) -> int:
-        conn = self._conn()
-        if conn.execute(Q["has_schema_migrations"]).fetchone() is None:
-            return 0
-        return conn.execute(Q["schema_version"]).fetchone()[0]
+        with unavailable_raised(_unavailable):
+            conn = self._conn()
+            if conn.execute(Q["has_schema_migrations"]).fetchone() is None:
+                return 0
+            return conn.execute(Q["schema_version"]).fetchone()[0]
 
     def migrate(self) -> int:
         known = migrations()
@@ -392,6 +409,7 @@ class PgStore:
         return current
 
     def check_reachable(self) -> int:
+        # The driver's own error when it fails: the readiness probe names its class.
         with psycopg.connect(self.url, autocommit=True, connect_timeout=CHECK_CONNECT_TIMEOUT_SECONDS,
                              options=f"-c statement_timeout={CHECK_STATEMENT_TIMEOUT_MS}",
                              application_name="iotda-export-readyz") as conn:

@@ -1,14 +1,18 @@
 """What both database stores share: the records they return besides the domain's (DownloadMark),
-their error (SchemaError), and the mapping of a row (a plain tuple in the column order named here,
+their errors (SchemaError; their driver's passing failures turned into the domain's StoreUnavailable),
+and the mapping of a row (a plain tuple in the column order named here,
 which every query of store/sql/*.sql selects) to the domain's records."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import json
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar
 
+from ..domain.errors import StoreUnavailable
 from ..domain.model import BatchTask, ExportTask, Principal, Statement, TaskProgress
 
 
@@ -131,3 +135,63 @@ def equal_filters(filters: dict[str, str], columns: Sequence[str], placeholder: 
             terms.append(f" AND {column} = {placeholder}")
             args.append(filters[column])
     return "".join(terms), args
+
+
+# A store's reading of its driver's error: the StoreUnavailable it means, or None (not a passing failure).
+Translate = Callable[[BaseException], "StoreUnavailable | None"]
+_Class = TypeVar("_Class", bound=type)
+
+
+@contextlib.contextmanager
+def unavailable_raised(translate: Translate) -> Iterator[None]:
+    """Inside: the driver's passing failures (as `translate` reads them) leave as StoreUnavailable,
+    chained to the driver's error; every other error leaves as it is. Around what a store does
+    outside its query class: connecting, BEGIN, COMMIT, a snapshot's set-up."""
+    try:
+        yield
+    except Exception as exc:
+        unavailable = translate(exc)
+        if unavailable is None:
+            raise
+        raise unavailable from exc
+
+
+def raises_unavailable(translate: Translate) -> Callable[[_Class], _Class]:
+    """A class decorator for a store's query class: every public method runs inside
+    `unavailable_raised(translate)` (a generator method for as long as it is iterated), so no driver
+    error of that kind leaves the store whatever method a later change adds.
+    tests/test_store_contract.py checks that each public method is wrapped."""
+
+    def wrap(method: Callable) -> Callable:
+        # try/except written out rather than `with unavailable_raised(...)`: a point read costs tens
+        # of microseconds, and a context manager per call would add a few percent to it.
+        if inspect.isgeneratorfunction(method):
+            @functools.wraps(method)
+            def generator(*args, **kwargs):
+                try:
+                    return (yield from method(*args, **kwargs))
+                except Exception as exc:
+                    unavailable = translate(exc)
+                    if unavailable is None:
+                        raise
+                    raise unavailable from exc
+            return generator
+
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                unavailable = translate(exc)
+                if unavailable is None:
+                    raise
+                raise unavailable from exc
+        return call
+
+    def decorate(cls: _Class) -> _Class:
+        for name, member in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.isfunction(member):
+                setattr(cls, name, wrap(member))
+        return cls
+
+    return decorate

@@ -21,9 +21,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from ..domain.errors import StoreUnavailable
 from ..domain.model import BatchTask, ExportTask, Principal, Subtask, TaskProgress
 from . import records
-from .records import DownloadMark, SchemaError
+from .records import DownloadMark, SchemaError, raises_unavailable, unavailable_raised
 from .sql import queries
 
 MIGRATIONS_DIR = pathlib.Path(__file__).parent / "migrations" / "sqlite"
@@ -81,17 +82,18 @@ class SqliteStore:
     @contextlib.contextmanager
     def transaction(self, lock_key: str | None = None) -> Iterator["SqliteTx"]:
         """A write transaction. SQLite's IMMEDIATE lock serialises all writers, whatever `lock_key`."""
-        conn = self._conn()
-        # Waits up to BUSY_TIMEOUT_MS for another writer (sqlite's busy handler), then raises
-        # "database is locked", which the transport answers as UNAVAILABLE (retry).
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield SqliteTx(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        with unavailable_raised(_unavailable):
+            conn = self._conn()
+            # Waits up to the busy timeout for another writer (sqlite's busy handler), then "database
+            # is locked": StoreUnavailable(busy), which the transport answers as UNAVAILABLE (retry).
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteTx(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator["SqliteTx"]:
@@ -99,11 +101,12 @@ class SqliteStore:
         this thread's usual connection keeps writing progress."""
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("BEGIN")
-            conn.execute(Q["schema_version"]).fetchone()  # a first read fixes the snapshot
-            yield SqliteTx(conn)
-            conn.execute("COMMIT")
+            with unavailable_raised(_unavailable):
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                conn.execute("BEGIN")
+                conn.execute(Q["schema_version"]).fetchone()  # a first read fixes the snapshot
+                yield SqliteTx(conn)
+                conn.execute("COMMIT")
         finally:
             conn.close()
 
@@ -114,10 +117,11 @@ class SqliteStore:
     # -- schema ----------------------------------------------------------------------------------
 
     def schema_version(self) -> int:
-        conn = self._conn()
-        if conn.execute(Q["has_schema_migrations"]).fetchone() is None:
-            return 0
-        return conn.execute(Q["schema_version"]).fetchone()[0]
+        with unavailable_raised(_unavailable):
+            conn = self._conn()
+            if conn.execute(Q["has_schema_migrations"]).fetchone() is None:
+                return 0
+            return conn.execute(Q["schema_version"]).fetchone()[0]
 
     def migrate(self) -> int:
         """Apply pending migrations; refuse a database newer than this code. Returns the version."""
@@ -144,12 +148,21 @@ class SqliteStore:
         return current
 
     def check_reachable(self) -> int:
+        # The driver's own error when it fails: the readiness probe names its class.
         # mode=rw: never creates the file (a missing database is a failure, not a new empty one).
         conn = sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True, timeout=CHECK_TIMEOUT_MS / 1000)
         try:
             return conn.execute(Q["schema_version"]).fetchone()[0]
         finally:
             conn.close()
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """sqlite3's passing failure: the file stayed locked by another writer past the busy timeout
+    (under a heavy burst of writers). Every other error is a fault and stays what it is."""
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+        return StoreUnavailable(f"the database is busy ({exc})", busy=True)
+    return None
 
 
 def _split_sql(sql: str) -> list[str]:
@@ -169,6 +182,7 @@ def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
 
+@raises_unavailable(_unavailable)
 class SqliteTx:
     """The store contract's reads and writes (StoreTx, StoreSnapshot) on one connection, inside a
     transaction when opened by one. `conn` is the sqlite3 connection (tests of this store use it)."""

@@ -8,7 +8,6 @@ rates, PreconditionFailure for state. Sent with grpcio-status so any client can 
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -99,22 +98,12 @@ def from_exception(exc: BaseException, request_id: str) -> e.DomainError:
     if isinstance(exc, e.FilesUnavailable):  # its message names the store and the failure, no secret
         log.warning("result files unavailable (request %s): %s", request_id, exc)
         return Unavailable(f"The result files cannot be read now: {exc}; retry shortly.")
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
-        log.warning("database busy (request %s): %s", request_id, exc)
-        return Unavailable("The service is busy; retry shortly.")
-    if _is_database_unavailable(exc):
-        log.warning("database unavailable (request %s): %s", request_id, exc)
-        return Unavailable("The database is unavailable; retry shortly.")
+    if isinstance(exc, e.StoreUnavailable):  # the store's words are for the log (they may name a host)
+        log.warning("%s (request %s)", exc, request_id)
+        return Unavailable("The service is busy; retry shortly." if exc.busy
+                           else "The database is unavailable; retry shortly.")
     log.exception("unexpected error (request %s)", request_id)
     return Internal(f"Internal error (request {request_id}).")
-
-
-def _is_database_unavailable(exc: BaseException) -> bool:
-    try:
-        import psycopg
-    except ImportError:
-        return False
-    return isinstance(exc, (psycopg.OperationalError, psycopg.errors.AdminShutdown))
 
 
 async def abort(context: grpc.aio.ServicerContext, err: e.DomainError, request_id: str | None = None) -> None:
