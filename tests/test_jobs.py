@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 
 from iotda_export_server.domain import jobs
+from iotda_export_server.domain.errors import FilesUnavailable
 from iotda_export_server.domain.model import ExportTask
 from iotda_export_server.store import open_store
 from iotda_export_server.store.files import ResultFiles
@@ -101,6 +102,27 @@ def test_the_claim_sets_exactly_the_running_columns(rig):
 
 # -- a run's life --------------------------------------------------------------------------------
 
+def test_a_run_token_is_eight_random_bytes(rig):
+    queued_task(rig)
+    claim = rig.jobs.claim("worker-1")
+    assert len(claim.run_token) == 16 and int(claim.run_token, 16) >= 0
+
+
+def test_a_finished_run_reports_its_duration(rig):
+    # on_finished's seconds (the metrics' histogram): since the claim, measured on the monotonic clock.
+    for outcome in ("success", "failed"):
+        _, task = queued_task(rig)
+        claim = rig.jobs.claim("worker-1")
+        if outcome == "success":
+            upload, size, sha256 = publish(rig, claim)
+            assert rig.jobs.succeed(claim, upload, 3, size, sha256)
+        else:
+            assert rig.jobs.fail(claim, "why")
+        export_task_id, reported, rows, seconds = rig.finished[-1]
+        assert (export_task_id, reported) == (task.export_task_id, outcome)
+        assert 0 <= seconds < 60
+
+
 def test_claim_progress_succeed(rig):
     _, task = queued_task(rig, rows=10)
     claim = rig.jobs.claim("worker-1")
@@ -127,7 +149,7 @@ def test_claim_progress_succeed(rig):
 def test_progress_stays_between_1_and_99(rig):
     _, task = queued_task(rig)
     claim = rig.jobs.claim("worker-1")
-    for done, total, expected in [(0, 10, 1), (10, 10, 99), (1, 100, 1), (50, 100, 50), (0, 0, 99)]:
+    for done, total, expected in [(0, 10, 1), (10, 10, 99), (1, 100, 1), (50, 100, 50), (99, 100, 98), (0, 0, 99)]:
         assert rig.jobs.progress(claim, done, total)
         assert row(rig, task).progress == expected, (done, total)
 
@@ -243,3 +265,105 @@ def test_rows_are_none_when_the_batch_task_is_gone(rig):
         tx.delete_batch_task(task.batch_task_id)
     with rig.jobs.rows(claim, 4) as rows:
         assert rows is None
+
+
+@pytest.mark.parametrize("stale_token", ["0" * 16, "f" * 16])
+def test_a_run_taken_over_by_another_worker_cannot_publish(rig, stale_token):
+    # The lost worker's run and the new one are both "running": only the token tells them apart, and
+    # it does whichever way the two tokens sort.
+    _, task = queued_task(rig)
+    with rig.store.transaction() as tx:
+        current = tx.claim_export("worker-2", "8" * 16, rig.now[0], rig.now[0] + LEASE_MS)
+    stale = jobs.Claim(dataclasses.replace(current, run_token=stale_token), stale_token)
+    upload, size, sha256 = publish(rig, stale)
+    before = row(rig, task)
+    assert not rig.jobs.succeed(stale, upload, 3, size, sha256)
+    assert row(rig, task) == before and before.run_state == "running"
+    assert not rig.files.path(task.export_task_id).exists()
+
+
+class KeyedFiles:
+    """Result files published under a key per run (as in an object store: `<id>/<run token>.zip`),
+    recording what the jobs discard; `discard_fails` / `temp_files_fail` make those calls raise
+    FilesUnavailable. The bytes go to a local directory."""
+
+    sweep_while_running = True
+
+    def __init__(self, local: ResultFiles):
+        self.local, self.discarded, self.tokens = local, [], {}
+        self.discard_fails = self.temp_files_fail = False
+
+    def begin(self, export_task_id, run_token):
+        upload = self.local.begin(export_task_id, run_token)
+        self.tokens[upload.path] = run_token
+        return upload
+
+    def publish(self, upload, export_task_id):
+        self.local.publish(upload, export_task_id)
+        return f"{export_task_id}/{self.tokens[upload.path]}.zip"
+
+    def drop(self, upload):
+        self.local.drop(upload)
+
+    def discard(self, key):
+        if self.discard_fails:
+            raise FilesUnavailable("the bucket is out of reach")
+        self.discarded.append(key)
+
+    def temp_files(self, export_task_id):
+        if self.temp_files_fail:
+            raise FilesUnavailable("the bucket is out of reach")
+        return []
+
+    def drop_temp(self, paths):
+        pass
+
+
+def _keyed_run(rig, files: KeyedFiles, task, token: str):
+    with rig.store.transaction() as tx:
+        current = tx.claim_export("worker-1", token, rig.now[0], rig.now[0] + LEASE_MS)
+    claim = jobs.Claim(current, token)
+    upload = files.begin(task.export_task_id, token)
+    upload.path.write_bytes(b"PK\x05\x06" + b"\x00" * 18)
+    size, sha256 = upload.complete()
+    assert rig.jobs.succeed(claim, upload, 3, size, sha256)
+    return row(rig, task).file_key
+
+
+@pytest.mark.parametrize("tokens", [("1" * 16, "e" * 16), ("e" * 16, "1" * 16)])
+def test_a_re_run_discards_the_object_it_replaced_and_only_that(rig, tokens):
+    files = KeyedFiles(rig.files)
+    rig.jobs.files = rig.service.files = files
+    assert rig.jobs.files_swept_periodically
+    caller, task = queued_task(rig)
+    first = _keyed_run(rig, files, task, tokens[0])
+    assert first is not None and files.discarded == []  # nothing replaced
+    rig.create(caller, task.batch_task_id)  # same conditions, finished: a re-run
+    second = _keyed_run(rig, files, task, tokens[1])
+    assert second != first and files.discarded == [first]
+
+
+def test_a_replaced_object_the_store_cannot_discard_is_left_to_the_sweep(rig):
+    files = KeyedFiles(rig.files)
+    rig.jobs.files = rig.service.files = files
+    caller, task = queued_task(rig)
+    _keyed_run(rig, files, task, "1" * 16)
+    rig.create(caller, task.batch_task_id)
+    files.discard_fails = True
+    assert _keyed_run(rig, files, task, "2" * 16) is not None  # Success recorded all the same
+    assert row(rig, task).status == "Success"
+
+
+def test_recovery_requeues_even_when_the_store_cannot_list_uploads(rig):
+    files = KeyedFiles(rig.files)
+    rig.jobs.files = files
+    files.temp_files_fail = True
+    _, task = queued_task(rig)
+    rig.jobs.claim("worker-1")
+    rig.now[0] += LEASE_MS + 1
+    assert rig.jobs.recover() == [task.export_task_id]
+    assert row(rig, task).run_state == "queued"
+
+
+def test_a_local_directory_is_swept_at_start_up_only(rig):
+    assert not rig.jobs.files_swept_periodically  # ResultFiles says nothing: the default is no
