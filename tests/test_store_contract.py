@@ -482,3 +482,37 @@ def test_the_transport_answers_store_unavailable_as_unavailable_without_its_word
     gone = errors.from_exception(StoreUnavailable("the database is unavailable (OperationalError: host x)"), "r2")
     assert (errors.grpc_code(busy).name, busy.message) == ("UNAVAILABLE", "The service is busy; retry shortly.")
     assert (errors.grpc_code(gone).name, gone.message) == ("UNAVAILABLE", "The database is unavailable; retry shortly.")
+
+
+@pytest.mark.parametrize("failure, traceback_logged", [
+    ("store", False), ("files", False), ("fault", True)])
+def test_background_loops_log_a_passing_outage_as_one_line(failure, traceback_logged, caplog) -> None:
+    # A database restart makes every worker, supervisor and progress hub fail a round: one line each
+    # says so; only a fault (a bug) is logged with its traceback. Shown on the progress hub's poll.
+    import asyncio
+    import logging
+
+    from iotda_export_server.domain.errors import FilesUnavailable, StoreUnavailable
+    from iotda_export_server.domain.progress import ProgressHub
+
+    error = {"store": StoreUnavailable("the database is unavailable (OperationalError: gone)"),
+             "files": FilesUnavailable("the bucket is out of reach"), "fault": KeyError("bug")}[failure]
+
+    async def load(_ids):
+        raise error
+
+    async def one_failed_round():
+        hub = ProgressHub(load, poll_interval=0.01)
+        runner = asyncio.create_task(hub.run())
+        hub.subscribe("t" * 24, _export(_owner()))
+        for _ in range(500):  # the hub polls every 10 ms; a deadline of 5 s
+            if any("progress poll failed" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+        runner.cancel()
+
+    with caplog.at_level(logging.WARNING, logger="iotda_export.progress"):
+        asyncio.run(one_failed_round())
+    record = next(r for r in caplog.records if "progress poll failed" in r.getMessage())
+    assert str(error) in record.getMessage()
+    assert bool(record.exc_info) is traceback_logged

@@ -180,6 +180,12 @@ class StoreUnavailable(Exception):
         self.busy = busy
 
 
+def passes(exc: BaseException) -> bool:
+    """A failure that passes by itself (the database or the files' store out of reach): background
+    loops log it as one line and retry; anything else they log with its traceback."""
+    return isinstance(exc, (StoreUnavailable, FilesUnavailable))
+
+
 class FilesUnavailable(Exception):
     """The result files' store cannot be reached now (an object store down, timing out, refusing):
     a condition that passes, not a fault of the request; the transport answers UNAVAILABLE with this

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from . import rules
+from .errors import passes
 from .model import ExportTask
 
 log = logging.getLogger("iotda_export.progress")
@@ -117,8 +118,8 @@ class ProgressHub:
                 continue
             try:
                 tasks = await self._load(ids)
-            except Exception:  # the database is briefly unavailable: the next round retries
-                log.warning("progress poll failed", exc_info=True)
+            except Exception as exc:  # the database is briefly unavailable: the next round retries
+                log.warning("progress poll failed (%s)", exc, exc_info=not passes(exc))
                 self._heartbeats()  # streams must not fall silent (idle proxies would cut them)
                 continue
             found = {t.export_task_id: t for t in tasks}

@@ -21,6 +21,7 @@ import time
 
 from ..config import WorkerConfig
 from ..domain import rules
+from ..domain.errors import passes
 from ..domain.jobs import ExportJobs
 
 log = logging.getLogger("iotda_export.supervisor")
@@ -95,16 +96,17 @@ class Supervisor:
                     swept = await asyncio.to_thread(self.jobs.sweep_files, 2 * self.config.lease_seconds)
                     if swept:
                         log.info("removed %d orphaned result files: %s", len(swept), ", ".join(swept))
-                except Exception:
-                    log.warning("the result files' sweep failed; it runs again later", exc_info=True)
+                except Exception as exc:
+                    log.warning("the result files' sweep failed (%s); it runs again later", exc,
+                                exc_info=not passes(exc))
             for i, p in enumerate(self.processes):
                 if p.poll() is not None and not self.stopping:
                     log.warning("worker pid %d exited with %s; starting another", p.pid, p.returncode)
                     self.processes[i] = self._spawn()
             try:
                 changed = await asyncio.to_thread(self.jobs.recover)
-            except Exception:
-                log.warning("lease recovery failed; retrying", exc_info=True)
+            except Exception as exc:
+                log.warning("lease recovery failed (%s); retrying", exc, exc_info=not passes(exc))
                 continue
             for export_task_id in changed:
                 log.warning("export %s lost its worker; queued again or failed", export_task_id)

@@ -26,7 +26,7 @@ from .. import logs
 from ..assembly import open_backend
 from ..config import WorkerConfig
 from ..domain import rules
-from ..domain.errors import FilesUnavailable, StoreUnavailable
+from ..domain.errors import FilesUnavailable, StoreUnavailable, passes
 from ..domain.exports import inner_file_name
 from ..domain.jobs import Claim, ExportJobs
 from .notices import ChangeAnnouncer
@@ -102,8 +102,8 @@ def run_export(files, jobs: ExportJobs, claim: Claim,
                 if not jobs.heartbeat(claim):
                     lost.set()
                     return
-            except Exception:  # a busy database: the next beat retries well within the lease
-                log.warning("heartbeat failed for %s", task.export_task_id, exc_info=True)
+            except Exception as exc:  # a busy database: the next beat retries well within the lease
+                log.warning("heartbeat failed for %s (%s)", task.export_task_id, exc, exc_info=not passes(exc))
 
     beat = threading.Thread(target=heartbeat, name="lease-heartbeat", daemon=True)
     beat.start()
@@ -247,8 +247,8 @@ def worker_main(config: WorkerConfig, worker_id: str, parent_pid: int) -> None:
     while not stop.is_set() and os.getppid() == parent_pid:
         try:
             claim = jobs.claim(worker_id)
-        except Exception:
-            log.warning("claim failed", exc_info=True)
+        except Exception as exc:
+            log.warning("claim failed (%s)", exc, exc_info=not passes(exc))
             claim = None
         if claim is None:
             select.select([wake_r], [], [], config.poll_seconds)
