@@ -293,6 +293,9 @@ def test_principals_by_each_unique_column_and_their_removal(store) -> None:
                           ("client_cert_san", p.client_cert_san)):
         assert reader.principal_by(column, value) == p, column
     assert reader.principal_by("user", "nobody-" + secrets.token_hex(4)) is None
+    for column in ("sk", 'user" = "user" OR "user'):  # not a lookup column: refused before any SQL, also under -O
+        with pytest.raises(ValueError, match="not looked up by"):
+            reader.principal_by(column, "x")
     assert reader.count_principals() == before + 1 and p in reader.list_principals()
 
     owned = [_export(p.principal_id), _export(p.principal_id)]

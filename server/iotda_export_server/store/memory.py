@@ -18,7 +18,7 @@ from typing import Any
 
 from ..domain import rules
 from ..domain.model import BatchTask, ExportTask, Principal, Subtask, TaskProgress
-from .records import EXPORT_COLUMNS, EXPORT_LIST_FILTERS, PRINCIPAL_LOOKUPS, DownloadMark, SubtaskRow
+from .records import EXPORT_COLUMNS, EXPORT_LIST_FILTERS, DownloadMark, SubtaskRow, lookup_column
 
 SCHEMA_VERSION = 5  # the databases' latest migration: the schema whose behaviour this store keeps
 
@@ -55,7 +55,7 @@ class MemoryReader:
     # -- principals ------------------------------------------------------------------------------
 
     def principal_by(self, column: str, value: str) -> Principal | None:
-        assert column in PRINCIPAL_LOOKUPS
+        lookup_column(column)
         for p, token_sha256 in self._s.principals.values():
             if (token_sha256 if column == "token_sha256" else getattr(p, column)) == value:
                 return dataclasses.replace(p)

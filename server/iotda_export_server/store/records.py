@@ -78,6 +78,14 @@ def principal(row: Sequence[Any] | None) -> Principal | None:
                      client_cert_subject=subject, client_cert_san=san)
 
 
+def lookup_column(column: str) -> str:
+    """`column` if principals are looked up by it; ValueError otherwise. It becomes SQL: an `assert`
+    would vanish under `python -O`."""
+    if column not in PRINCIPAL_LOOKUPS:
+        raise ValueError(f"principals are not looked up by {column!r}")
+    return column
+
+
 def principal_values(p: Principal, token_sha256: str) -> tuple:
     """A principal's insert parameters: (user, principal_id, project_id, enterprise_project_id,
     token_sha256, ak, sk, policy, created_at, client_cert_subject, client_cert_san)."""

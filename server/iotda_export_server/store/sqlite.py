@@ -205,8 +205,8 @@ class SqliteTx:
         self.conn.execute(Q["insert_principal"], records.principal_values(p, token_sha256))
 
     def principal_by(self, column: str, value: str) -> Principal | None:
-        assert column in records.PRINCIPAL_LOOKUPS
-        return records.principal(self.conn.execute(Q["principal_by"].format(column=column), (value,)).fetchone())
+        query = Q["principal_by"].format(column=records.lookup_column(column))
+        return records.principal(self.conn.execute(query, (value,)).fetchone())
 
     def list_principals(self) -> list[Principal]:
         return [records.principal(r) for r in self._all("list_principals")]
