@@ -413,8 +413,9 @@ def test_the_schema_is_current_and_reachable(store) -> None:
 # -- passing failures leave as StoreUnavailable ----------------------------------------------------
 
 def _public_methods(cls) -> dict:
-    return {name: member for name, member in vars(cls).items()
-            if not name.startswith("_") and callable(member)}
+    """Its own and inherited (store/sqltx.py's) public methods."""
+    import inspect
+    return {name: member for name, member in inspect.getmembers(cls, inspect.isfunction) if not name.startswith("_")}
 
 
 @pytest.mark.parametrize("module", ["sqlite", "postgres"])

@@ -197,8 +197,10 @@ def raises_unavailable(translate: Translate) -> Callable[[_Class], _Class]:
         return call
 
     def decorate(cls: _Class) -> _Class:
-        for name, member in list(vars(cls).items()):
-            if not name.startswith("_") and inspect.isfunction(member):
+        # Inherited methods too (store/sqltx.py's): each gets a wrapped copy on `cls`, the base
+        # class stays as it is.
+        for name, member in inspect.getmembers(cls, inspect.isfunction):
+            if not name.startswith("_"):
                 setattr(cls, name, wrap(member))
         return cls
 

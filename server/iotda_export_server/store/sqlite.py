@@ -18,14 +18,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 from urllib.parse import quote
 
 from ..domain.errors import StoreUnavailable
-from ..domain.model import BatchTask, ExportTask, Principal, Subtask, TaskProgress
+from ..domain.model import ExportTask
 from . import records
-from .records import DownloadMark, SchemaError, raises_unavailable, unavailable_raised
+from .records import SchemaError, raises_unavailable, unavailable_raised
 from .sql import queries
+from .sqltx import SqlTx
 
 MIGRATIONS_DIR = pathlib.Path(__file__).parent / "migrations" / "sqlite"
 DB_FILE_NAME = "iotda-export.db"
@@ -183,81 +183,17 @@ def _placeholders(n: int) -> str:
 
 
 @raises_unavailable(_unavailable)
-class SqliteTx:
+class SqliteTx(SqlTx):
     """The store contract's reads and writes (StoreTx, StoreSnapshot) on one connection, inside a
-    transaction when opened by one. `conn` is the sqlite3 connection (tests of this store use it)."""
+    transaction when opened by one. `conn` is the sqlite3 connection (tests of this store use it).
+    The queries both databases run alike are SqlTx's (store/sqltx.py); here, what SQLite does its
+    own way."""
 
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def _one(self, name: str, args: Sequence[Any] = ()) -> tuple | None:
-        return self.conn.execute(Q[name], args).fetchone()
-
-    def _all(self, name: str, args: Sequence[Any] = ()) -> list[tuple]:
-        return self.conn.execute(Q[name], args).fetchall()
-
-    def _scalar(self, name: str, args: Sequence[Any] = ()) -> Any:
-        return self.conn.execute(Q[name], args).fetchone()[0]
-
-    # -- principals ------------------------------------------------------------------------------
-
-    def insert_principal(self, p: Principal, token_sha256: str) -> None:
-        self.conn.execute(Q["insert_principal"], records.principal_values(p, token_sha256))
-
-    def principal_by(self, column: str, value: str) -> Principal | None:
-        query = Q["principal_by"].format(column=records.lookup_column(column))
-        return records.principal(self.conn.execute(query, (value,)).fetchone())
-
-    def list_principals(self) -> list[Principal]:
-        return [records.principal(r) for r in self._all("list_principals")]
-
-    def delete_principal(self, principal_id: str) -> list[str]:
-        export_task_ids = [r[0] for r in self._all("owned_export_task_ids", (principal_id,))]
-        for name in ("delete_owned_export_tasks", "delete_owned_requests", "delete_download_limit",
-                     "delete_principal"):
-            self.conn.execute(Q[name], (principal_id,))
-        return export_task_ids
-
-    def count_principals(self) -> int:
-        return self._scalar("count_principals")
-
-    # -- batch tasks -----------------------------------------------------------------------------
-
-    def insert_batch_task(self, t: BatchTask) -> None:
-        self.conn.execute(Q["insert_batch_task"], records.batch_task_values(t))
+    Q = Q
+    PLACEHOLDER = "?"
 
     def insert_subtasks(self, task_id: str, rows: Iterable[records.SubtaskRow]) -> None:
         self.conn.executemany(Q["insert_subtask"], ((r[0], task_id, *r[1:]) for r in rows))
-
-    def batch_task(self, project_id: str, instance_id: str, task_id: str,
-                   with_progress: bool = True) -> BatchTask | None:
-        row = self._one("batch_task", (task_id, project_id, instance_id))
-        if row is None:
-            return None
-        return records.batch_task(row, self.subtask_progress(task_id) if with_progress else None)
-
-    def subtask_progress(self, task_id: str) -> TaskProgress:
-        return TaskProgress.from_counts(dict(self._all("subtask_progress", (task_id,))))
-
-    def list_batch_tasks(self, project_id: str, instance_id: str, task_type: str, app_id: str, status: str,
-                         marker: str, offset: int, limit: int) -> tuple[list[BatchTask], int]:
-        filters, filter_args = records.equal_filters({"app_id": app_id, "status": status}, ("app_id", "status"), "?")
-        args = [project_id, instance_id, task_type, *filter_args]
-        count = self.conn.execute(Q["count_batch_tasks"].format(filters=filters), args).fetchone()[0]
-        rows = self.conn.execute(Q["list_batch_tasks"].format(filters=filters),
-                                 [*args, marker, limit, offset]).fetchall()
-        return [records.batch_task(r, self.subtask_progress(r[0])) for r in rows], count
-
-    def list_subtasks(self, task_id: str, status: str, target: str, marker: str, offset: int,
-                      limit: int) -> tuple[list[Subtask], int]:
-        filters, filter_args = records.equal_filters({"status": status, "target": target}, ("status", "target"), "?")
-        args = [task_id, *filter_args]
-        count = self.conn.execute(Q["count_listed_subtasks"].format(filters=filters), args).fetchone()[0]
-        rows = self.conn.execute(Q["list_subtasks"].format(filters=filters), [*args, marker, limit, offset])
-        return [Subtask(*r) for r in rows], count
-
-    def subtask_rows(self, task_id: str, after_id: str, limit: int) -> list[records.SubtaskRow]:
-        return self._all("subtask_rows", (task_id, after_id, limit))
 
     def stream_subtask_columns(self, task_id: str, block_rows: int) -> Iterator[list[Sequence[str]]]:
         """StoreSnapshot's contract. SQLite: one statement's plain tuples without the id column,
@@ -271,9 +207,6 @@ class SqliteTx:
         finally:
             cursor.close()
 
-    def count_subtasks(self, task_id: str) -> int:
-        return self._scalar("count_subtasks", (task_id,))
-
     def subtask_statuses(self, task_id: str, targets: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
         for i in range(0, len(targets), IN_CHUNK):
@@ -285,17 +218,7 @@ class SqliteTx:
     def upsert_subtask_results(self, task_id: str, rows: list[records.SubtaskRow]) -> None:
         self.conn.executemany(Q["upsert_subtask_result"], [(r[0], task_id, *r[1:]) for r in rows])
 
-    def set_batch_status(self, task_id: str, status: str, status_desc: str) -> None:
-        self.conn.execute(Q["set_batch_status"], (status, status_desc, task_id))
-
-    def delete_batch_task(self, task_id: str) -> None:
-        self.conn.execute(Q["delete_subtasks"], (task_id,))
-        self.conn.execute(Q["delete_batch_task"], (task_id,))
-
     # -- export tasks ----------------------------------------------------------------------------
-
-    def export_task(self, export_task_id: str) -> ExportTask | None:
-        return records.export_task(self._one("export_task", (export_task_id,)))
 
     def export_tasks_by_ids(self, ids: list[str]) -> list[ExportTask]:
         out = []
@@ -305,92 +228,3 @@ class SqliteTx:
             out.extend(records.export_task(r) for r in rows)
         return out
 
-    def export_task_same_conditions(self, owner: str, conditions_key: str) -> ExportTask | None:
-        return records.export_task(self._one("export_task_same_conditions", (owner, conditions_key)))
-
-    def count_export_tasks(self, owner: str, unfinished_only: bool = False) -> int:
-        return self._scalar("count_unfinished_export_tasks" if unfinished_only else "count_export_tasks", (owner,))
-
-    def earliest_finished_export_task(self, owner: str) -> ExportTask | None:
-        return records.export_task(self._one("earliest_finished_export_task", (owner,)))
-
-    def insert_export_task(self, t: ExportTask) -> None:
-        self.conn.execute(Q["insert_export_task"], records.export_task_values(t))
-
-    def update_export_task(self, export_task_id: str, expect_run_token: str | None = None,
-                           **values: Any) -> bool:
-        sets = records.assignments(values, "?")
-        if expect_run_token is None:
-            cursor = self.conn.execute(Q["update_export_task"].format(sets=sets), [*values.values(), export_task_id])
-        else:
-            cursor = self.conn.execute(Q["update_export_task_of_run"].format(sets=sets),
-                                       [*values.values(), export_task_id, expect_run_token])
-        return cursor.rowcount > 0
-
-    def delete_export_task(self, export_task_id: str) -> None:
-        self.conn.execute(Q["delete_export_task"], (export_task_id,))
-        self.conn.execute(Q["delete_task_requests"], (export_task_id,))
-
-    def list_export_tasks(self, owner: str, instance_id: str, filters: dict[str, str], marker: str, offset: int,
-                          limit: int) -> tuple[list[ExportTask], int]:
-        terms, filter_args = records.equal_filters(filters, records.EXPORT_LIST_FILTERS, "?")
-        args = [owner, instance_id, *filter_args]
-        count = self.conn.execute(Q["count_listed_export_tasks"].format(filters=terms), args).fetchone()[0]
-        rows = self.conn.execute(Q["list_export_tasks"].format(filters=terms), [*args, marker, limit, offset])
-        return [records.export_task(r) for r in rows], count
-
-    def request_task_id(self, owner: str, request_id: str) -> str | None:
-        row = self._one("request_task_id", (owner, request_id))
-        return None if row is None else row[0]
-
-    def insert_request(self, owner: str, request_id: str, export_task_id: str, now: int) -> None:
-        self.conn.execute(Q["insert_request"], (owner, request_id, export_task_id, now))
-
-    # -- the job queue ---------------------------------------------------------------------------
-
-    def count_exports_by_run_state(self) -> dict[str, int]:
-        return dict(self._all("count_exports_by_run_state"))
-
-    def has_queued_export(self) -> bool:
-        return self._one("has_queued_export") is not None
-
-    def claim_export(self, worker_id: str, run_token: str, now: int, lease_until: int) -> ExportTask | None:
-        """StoreTx's contract; SQLite's IMMEDIATE lock makes the claim exclusive."""
-        return records.export_task(self._one("claim_export", (run_token, worker_id, lease_until)))
-
-    def renew_lease(self, export_task_id: str, run_token: str, lease_until: int) -> bool:
-        return self.conn.execute(Q["renew_lease"], (lease_until, export_task_id, run_token)).rowcount > 0
-
-    def running_exports(self, lease_expired_before: int | None = None) -> list[ExportTask]:
-        if lease_expired_before is None:
-            rows = self._all("running_exports")
-        else:
-            rows = self._all("running_exports_expired", (lease_expired_before,))
-        return [records.export_task(r) for r in rows]
-
-    def all_export_file_ids(self) -> set[str]:
-        return {r[0] for r in self._all("all_export_file_ids")}
-
-    def all_export_file_keys(self) -> set[str]:
-        return {r[0] for r in self._all("all_export_file_keys")}
-
-    # -- download rate ---------------------------------------------------------------------------
-
-    def download_limit(self, owner: str) -> DownloadMark | None:
-        row = self._one("download_limit", (owner,))
-        return None if row is None else DownloadMark(*row)
-
-    def set_download_limit(self, owner: str, now: int, export_task_id: str, generation: int) -> None:
-        self.conn.execute(Q["set_download_limit"], (owner, now, export_task_id, generation))
-
-    def record_resume(self, owner: str, offset: int) -> None:
-        self.conn.execute(Q["record_resume"], (offset, owner))
-
-    def restore_download_limit(self, owner: str, expected: DownloadMark, previous: DownloadMark | None) -> bool:
-        if self.download_limit(owner) != tuple(expected):
-            return False
-        if previous is None:
-            self.conn.execute(Q["delete_download_limit"], (owner,))
-        else:
-            self.conn.execute(Q["put_download_limit"], (*previous, owner))
-        return True
